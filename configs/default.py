@@ -1,0 +1,114 @@
+"""Default hyper-parameters: ResKD on Mini-Kinetics (R50 student at 112, R152 teacher at 224).
+
+Every number the training uses lives here; variants import this file and
+override what differs (flax `examples/imagenet` style). Values follow the
+authors' release (see README, "Faithfulness").
+"""
+
+import ml_collections
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.name = "minik"  # used in messages and the results file
+  # Output directory of `python -m data_prep ...` (holds manifest.json).
+  data.data_dir = "data/minik"
+  data.train_split = "train"
+  data.eval_split = "val"
+  # Frame sampling: "tsn" (one frame per segment) or "dense" (clip_len x interval).
+  data.sampling = "tsn"
+  data.num_frames = 8  # T segments (8 trimmed, 16 untrimmed datasets)
+  data.clip_len = 8  # dense sampling only
+  data.frame_interval = 8  # dense sampling only
+  # Training augmentation (mmaction2 MultiScaleCrop), then flip and normalise.
+  data.short_side = 256
+  data.crop_size = 224
+  data.multiscale_crop = True
+  data.scales = (1.0, 0.875, 0.75, 0.66)
+  data.max_wh_scale_gap = 1
+  data.flip = True  # False for Something-Something (left/right is in the label)
+  data.mean = (123.675, 116.28, 103.53)
+  data.std = (58.395, 57.12, 57.375)
+  # Test: short side `short_side`, `test_num_crops` crops of `crop_size` (1: centre).
+  data.test_num_clips = 1
+  data.test_num_crops = 1
+  data.shuffle_buffer = 1024
+  data.cache = False  # cache decoded examples in memory (small data sets)
+  return data
+
+
+def get_model_config(name: str, input_size=None) -> ml_collections.ConfigDict:
+  model = ml_collections.ConfigDict()
+  model.name = name
+  model.tsm = False
+  model.strides = (1, 2, 2, 2)
+  model.width = 64
+  model.stage_sizes = ml_collections.FieldReference(None, field_type=tuple)
+  model.stem = "imagenet"
+  model.dropout_rate = 0.5
+  # In-model bilinear resize (no antialias) of the teacher's crop; None: use the crop.
+  model.input_size = ml_collections.FieldReference(input_size, field_type=int)
+  # ImageNet initialisation: a directory written by `python -m reskd_jax.convert`.
+  model.init_from = ""
+  return model
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # "teacher": CE at the teacher's resolution (teacher pre-training);
+  # "baseline": CE only at the student's resolution;
+  # "reskd": CE + kd_weight * KD with a frozen teacher.
+  config.mode = "reskd"
+  # KD method: "pixel_feature" (the paper's default MSE), "pixel_logit",
+  # "frame" (KL on per-frame logits) or "clip" (KL on clip logits).
+  config.kd_method = "pixel_feature"
+  config.kd_weight = 100.0
+  config.kd_temperature = 1.0  # for the KL-based methods (4 for pixel_logit in the paper)
+
+  config.data = get_data_config()
+  config.num_classes = 200
+
+  config.model = get_model_config("resnet50", input_size=112)  # the student
+
+  config.teacher = get_model_config("resnet152", input_size=None)
+  # Converted teacher (reskd_jax.convert) or our own teacher run's workdir.
+  config.teacher.checkpoint = ""
+  # The authors' teacher runs in train mode (BN batch statistics), without gradients.
+  config.teacher.train_mode_bn = True
+
+  # Optimiser: SGD, lr 0.01 per 64 videos scaled linearly with the global batch.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.base_learning_rate = 0.01
+  config.optimizer.base_batch_size = 64
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.bias_lr_mult = 2.0
+  config.optimizer.clip_grad_norm = 20.0
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.name = "sgd"  # or "adamw"
+
+  config.batch_size = 64  # global, videos
+  config.num_epochs = 100.0
+  config.label_smoothing = 0.0
+  config.sync_bn = False  # per-device BatchNorm, as the released code
+  config.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+
+  config.log_every_steps = 50
+  config.eval_every_epochs = 5.0
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.eval_metric = "top1"  # "top1" or "mAP"; the best checkpoint by it is kept
+  config.steps_per_epoch = -1  # -1: from the data set size
+  config.num_train_steps = -1  # -1: from num_epochs
+  config.num_eval_steps = -1  # -1: the whole eval split
+  config.eval_batch_size = 64
+
+  # Profile mode: GFLOPs and throughput per resolution.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.resolutions = (224, 144, 112, 96, 72, 56)
+  config.profile.batch_size = 64
+  config.profile.timed_runs = 5
+  return config

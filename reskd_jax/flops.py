@@ -1,0 +1,111 @@
+"""GFLOPs per video in the video-literature convention, and XLA's own count.
+
+The convention of the papers (what mmcv/fvcore report as "FLOPs"):
+multiply-adds of the convolution and linear layers, padding taps included,
+for one video. We count them exactly from the jaxpr: every
+``conv_general_dilated`` costs ``prod(out.shape) * kh * kw * C_in/groups`` and
+every ``dot_general`` costs ``prod(lhs.shape) * (free size of rhs)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Dict, Iterable, List
+
+import jax
+import jax.numpy as jnp
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    for item in (value if isinstance(value, (tuple, list)) else (value,)):
+      if hasattr(item, "eqns"):
+        yield item
+      elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+        yield item.jaxpr
+
+
+def count_macs(jaxpr) -> int:
+  """Multiply-adds of convolutions and dot products in a (closed) jaxpr."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      out = eqn.outvars[0].aval.shape
+      rhs = eqn.invars[1].aval.shape
+      out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
+      total += math.prod(out) * (math.prod(rhs) // rhs[out_feature_dim])
+    elif name == "dot_general":
+      lhs = eqn.invars[0].aval.shape
+      rhs = eqn.invars[1].aval.shape
+      (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+      rhs_free = math.prod(d for i, d in enumerate(rhs)
+                           if i not in rhs_contract and i not in rhs_batch)
+      total += math.prod(lhs) * rhs_free
+    else:
+      multiplier = eqn.params.get("length", 1) if name == "scan" else 1
+      for sub in _sub_jaxprs(eqn.params):
+        total += multiplier * count_macs(sub)
+  return total
+
+
+def _forward(model, variables, video):
+  return model.apply(variables, video, train=False)
+
+
+def video_gflops(model, variables, num_frames: int, resolution: int,
+                 with_xla: bool = True) -> Dict[str, float]:
+  """GFLOPs for one video of ``num_frames`` frames at ``resolution``.
+
+  The model must not carry an in-model resize (``input_size``): the count is
+  for a network fed ``resolution`` directly, as the paper reports.
+
+  Returns ``{"gflops": paper convention (GMACs), "xla_gflops": XLA's compiled
+  count (it counts a multiply-add as 2 and includes BN, ReLU, pooling), ...}``.
+  """
+  if model.input_size is not None:
+    model = model.clone(input_size=None)
+  video = jax.ShapeDtypeStruct((1, num_frames, resolution, resolution, model.in_channels),
+                               jnp.float32)
+  fn = functools.partial(_forward, model)
+  macs = count_macs(jax.make_jaxpr(fn)(variables, video))
+  result = {"resolution": resolution, "num_frames": num_frames, "gflops": macs / 1e9}
+  if with_xla:
+    compiled = jax.jit(fn).lower(variables, video).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    result["xla_gflops"] = float(flops) / 1e9 if flops is not None else float("nan")
+  return result
+
+
+def gflops_table(model, variables, num_frames: int, resolutions: Iterable[int],
+                 with_xla: bool = True) -> List[Dict[str, float]]:
+  """:func:`video_gflops` for each resolution; raises a clear error for a
+  resolution the model cannot take."""
+  rows = []
+  stride = model.backbone.total_stride
+  for r in resolutions:
+    r = int(r)
+    if r < stride:
+      raise ValueError(f"resolution {r} is smaller than the model's total stride {stride}")
+    rows.append(video_gflops(model, variables, num_frames, r, with_xla=with_xla))
+  return rows
+
+
+def format_table(rows, reference=None) -> str:
+  """A plain-text table; ``reference`` maps resolution -> paper GFLOPs."""
+  head = f"{'resolution':>10} {'GFLOPs/video':>13} {'XLA GFLOPs':>11}"
+  if reference:
+    head += f" {'paper':>7} {'diff':>7}"
+  lines = [head]
+  for row in rows:
+    line = f"{row['resolution']:>10} {row['gflops']:>13.2f} {row.get('xla_gflops', float('nan')):>11.2f}"
+    if reference and row["resolution"] in reference:
+      ref = reference[row["resolution"]]
+      line += f" {ref:>7.1f} {100 * (row['gflops'] - ref) / ref:>+6.1f}%"
+    lines.append(line)
+  return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""reskd-jax: cross-resolution knowledge distillation (ResKD) for video recognition in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="reskd-jax",
+    version="0.1.0",
+    description="ResKD (cross-resolution knowledge distillation for efficient video "
+                "recognition) in JAX/Flax",
+    packages=find_packages(include=["reskd_jax", "reskd_jax.*", "data_prep", "data_prep.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.8.0",
+        "flax>=0.10.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "chex>=0.1.88",
+        "ml-collections>=1.0.0",
+        "dm-pix>=0.4.3",
+        "tensorflow-cpu>=2.18",
+        "tensorflow-datasets>=4.9.7",
+        "clu>=0.0.12",
+        "av>=12.0",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "absl-py>=2.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scikit-learn>=1.4"],
+        "torch": ["torch>=2.4"],
+    },
+)
