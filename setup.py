@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="ResKD (cross-resolution knowledge distillation for efficient video "
                 "recognition) in JAX/Flax",
-    packages=find_packages(include=["reskd_jax", "reskd_jax.*", "data_prep", "data_prep.*"]),
+    packages=find_packages(include=["reskd_jax", "reskd_jax.*", "data_prep", "data_prep.*", "configs"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.8.0",
@@ -24,6 +24,7 @@ setup(
         "numpy>=1.26",
         "matplotlib>=3.8",
         "absl-py>=2.1",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scikit-learn>=1.4"],

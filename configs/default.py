@@ -112,3 +112,50 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile.batch_size = 64
   config.profile.timed_runs = 5
   return config
+
+
+# ----------------------------------------------------------------------------
+# Data set presets and the three run kinds. Every config file of this folder
+# is one of these, plus what differs.
+
+DATASETS = {
+    # name: (num_classes, frames, flip, eval metric, student epochs, eval split)
+    "minik": (200, 8, True, "top1", 100.0, "val"),
+    "activitynet": (200, 16, True, "mAP", 200.0, "val"),
+    "fcvid": (239, 16, True, "mAP", 100.0, "val"),
+    "ssv2": (174, 8, False, "top1", 100.0, "val"),
+}
+TEACHER_EPOCHS = 50.0
+
+
+def for_dataset(name: str) -> ml_collections.ConfigDict:
+  """The ResKD default (R50 at 112 from an R152 teacher at 224) on data set `name`."""
+  num_classes, frames, flip, metric, epochs, eval_split = DATASETS[name]
+  config = get_config()
+  config.data.name = name
+  config.data.data_dir = f"data/{name}"
+  config.data.eval_split = eval_split
+  config.data.num_frames = frames
+  config.data.flip = flip
+  config.num_classes = num_classes
+  config.eval_metric = metric
+  config.num_epochs = epochs
+  config.teacher.checkpoint = f"runs/{name}_{config.teacher.name}_224"
+  return config
+
+
+def teacher_run(name: str, arch: str = "resnet152") -> ml_collections.ConfigDict:
+  """Teacher pre-training: CE at 224 for 50 epochs."""
+  config = for_dataset(name)
+  config.mode = "teacher"
+  config.model = get_model_config(arch, input_size=None)
+  config.num_epochs = TEACHER_EPOCHS
+  return config
+
+
+def baseline_run(name: str, resolution: int = 112) -> ml_collections.ConfigDict:
+  """Plain low-resolution student: CE only, same schedule as the ResKD student."""
+  config = for_dataset(name)
+  config.mode = "baseline"
+  config.model.input_size = resolution
+  return config

@@ -104,8 +104,12 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
       loss = ce + kd_weight * kd
       return loss, (new_model_state["batch_stats"], out["logits"], ce, kd)
 
+    # Differentiate w.r.t. a device-varying copy of the replicated params, so
+    # that each device gets its local gradient (as under pmap) instead of
+    # shard_map's implicit psum, and average them with an explicit pmean.
+    local_params = jax.lax.pcast(state.params, AXIS, to="varying")
     (loss, (batch_stats, logits, ce, kd)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        loss_fn, has_aux=True)(local_params)
     grads = jax.lax.pmean(grads, AXIS)
     # Each device normalises with its own batch statistics (plain BN, as the
     # release); the running averages are linear in the batch statistics, so

@@ -1,0 +1,6 @@
+"""activitynet low-resolution baseline: ResNet-50 at 112, cross-entropy only (mAP)."""
+from configs import default
+
+
+def get_config():
+  return default.baseline_run("activitynet", 112)

@@ -1,0 +1,6 @@
+"""fcvid teacher pre-training: TSN ResNet-152 at 224, 16 frames, 50 epochs (mAP)."""
+from configs import default
+
+
+def get_config():
+  return default.teacher_run("fcvid", "resnet152")

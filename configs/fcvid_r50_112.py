@@ -1,0 +1,6 @@
+"""fcvid ResKD: ResNet-50 at 112 from the ResNet-152 teacher at 224, 16 frames (mAP)."""
+from configs import default
+
+
+def get_config():
+  return default.for_dataset("fcvid")

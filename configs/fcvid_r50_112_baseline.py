@@ -1,0 +1,6 @@
+"""fcvid low-resolution baseline: ResNet-50 at 112, cross-entropy only (mAP)."""
+from configs import default
+
+
+def get_config():
+  return default.baseline_run("fcvid", 112)

@@ -1,0 +1,6 @@
+"""Mini-Kinetics teacher pre-training: TSN ResNet-152 at 224, 8 frames, 50 epochs."""
+from configs import default
+
+
+def get_config():
+  return default.teacher_run("minik", "resnet152")

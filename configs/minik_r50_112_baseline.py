@@ -1,0 +1,6 @@
+"""Mini-Kinetics low-resolution baseline: ResNet-50 at 112, cross-entropy only."""
+from configs import default
+
+
+def get_config():
+  return default.baseline_run("minik", 112)

@@ -1,0 +1,489 @@
+"""tf.data input pipeline: converted TFRecords (see `records`) -> uint8 video batches.
+
+What runs where
+---------------
+* tf.data (host CPU): read shards (per host), shuffle, TSN / dense frame
+  sampling, JPEG decoding of the sampled frames only, short-side resize,
+  MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
+  uint8.
+* Accelerator (the trainer, with `normalize` and `random_flip` below):
+  horizontal flip (dm-pix) and mean/std normalisation. Sending uint8 moves 4x
+  fewer bytes host->device than float32, and these per-pixel photometric ops
+  are nearly free on the accelerator while they would cost host CPU, which is
+  the scarce resource of a video pipeline (JPEG decoding dominates it).
+
+Batches
+-------
+Train (`train=True`): infinite, shuffled, `drop_remainder`:
+  {"video": uint8 [B, T, S, S, 3], "label": int32 [B], "multilabel": float32 [B, K]}
+Eval (`train=False`): one pass, deterministic order, last batch padded:
+  {"video": uint8 [B, V, T, S, S, 3], "label": int32 [B] (first label),
+   "multilabel": float32 [B, K], "mask": float32 [B] (1 real, 0 padding)}
+with B = per-host batch size, T = num_frames (TSN) or clip_len (dense),
+S = crop_size, V = test_num_clips * test_num_crops (view v = crop * clips + clip,
+mmaction2's order), K = num_classes.
+
+Multi-host: training shards files over hosts (by example when a split has
+fewer files than hosts). Evaluation always shards by example over hosts and pads
+every host to the same number of batches (ceil(ceil(N / hosts) / B), N from
+the manifest), so all hosts run the same number of eval steps and every video
+is seen exactly once overall.
+
+Randomness is stateless: element k of host h uses the seed
+(hash(seed, start_step, h), k), so a pipeline is reproducible for a given seed
+while staying parallel.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+import os
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from jax.sharding import NamedSharding, PartitionSpec
+
+from reskd_jax import records
+from reskd_jax import sampling
+
+AUTOTUNE = tf.data.AUTOTUNE
+_MAX_CYCLE_LENGTH = 16  # shards read in parallel per host
+_EOI_WINDOW = 32  # a JPEG's end-of-image marker must lie in its last bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs to know about a converted data set."""
+  num_classes: int
+  class_names: tuple
+  multi_label: bool
+  num_videos: dict  # split -> int
+
+
+def dataset_info(data_dir: str) -> DatasetInfo:
+  """Reads `<data_dir>/manifest.json` (FileNotFoundError with how-to-prepare if absent)."""
+  manifest = records.read_manifest(data_dir)
+  classes = tuple(manifest.get("classes", ()))
+  splits = manifest.get("splits", {})
+  return DatasetInfo(
+      num_classes=len(classes),
+      class_names=classes,
+      multi_label=bool(manifest.get("multi_label", False)),
+      num_videos={name: int(s.get("num_videos", 0)) for name, s in splits.items()})
+
+
+def frames_per_clip(data_cfg) -> int:
+  """T of the output: num_frames for TSN sampling, clip_len for dense sampling."""
+  return data_cfg.num_frames if data_cfg.sampling == "tsn" else data_cfg.clip_len
+
+
+def num_views(data_cfg) -> int:
+  """V of the eval output: test_num_clips * test_num_crops."""
+  return data_cfg.test_num_clips * data_cfg.test_num_crops
+
+
+def _validate_config(data_cfg) -> None:
+  if data_cfg.sampling not in ("tsn", "dense"):
+    raise ValueError(f"data.sampling must be 'tsn' or 'dense', got {data_cfg.sampling!r}")
+  if data_cfg.test_num_crops not in (1, 3):
+    raise ValueError(f"data.test_num_crops must be 1 (centre) or 3 (ThreeCrop), "
+                     f"got {data_cfg.test_num_crops}")
+  for key in ("num_frames", "clip_len", "frame_interval", "test_num_clips", "crop_size",
+              "shuffle_buffer"):
+    if int(data_cfg[key]) < 1:
+      raise ValueError(f"data.{key} must be >= 1, got {data_cfg[key]}")
+  if data_cfg.short_side < data_cfg.crop_size:
+    raise ValueError(f"data.short_side ({data_cfg.short_side}) must be >= data.crop_size "
+                     f"({data_cfg.crop_size})")
+
+
+def _split_files(data_dir: str, manifest: Dict[str, Any], split: str) -> list:
+  """Absolute shard paths of `split`, checked to exist."""
+  splits = manifest.get("splits", {})
+  if split not in splits:
+    raise ValueError(f"split {split!r} is not in {os.path.join(data_dir, records.MANIFEST)} "
+                     f"(available splits: {sorted(splits)})")
+  shards = splits[split].get("shards", [])
+  if not shards:
+    raise ValueError(f"split {split!r} of {data_dir!r} lists no shards in its manifest")
+  files = []
+  for name in shards:
+    candidates = [os.path.join(data_dir, split, name), os.path.join(data_dir, name)]
+    path = next((p for p in candidates if tf.io.gfile.exists(p)), None)
+    if path is None:
+      raise FileNotFoundError(f"shard {name!r} of split {split!r} not found (looked at "
+                              f"{candidates}); re-run data_prep for {data_dir!r}")
+    files.append(path)
+  return files
+
+
+def _hash_seed(*values: int) -> int:
+  return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------
+# Per-video graph functions.
+
+
+def _num_frames(example, split: str):
+  """Frames actually stored, checked against the context `num_frames`."""
+  n = tf.shape(example["frames"])[0]
+  check = tf.debugging.Assert(
+      tf.logical_and(n >= 1, tf.equal(n, example["num_frames"])),
+      [f"bad video in split {split}: no frames or num_frames mismatch; video_id:",
+       example["video_id"], "stored frames:", n, "num_frames:", example["num_frames"]])
+  with tf.control_dependencies([check]):
+    return tf.identity(n)
+
+
+def _check_labels(example, num_classes: int, split: str):
+  labels = example["labels"]
+  ok = tf.logical_and(tf.size(labels) >= 1,
+                      tf.reduce_all(tf.logical_and(labels >= 0, labels < num_classes)))
+  check = tf.debugging.Assert(
+      ok, [f"bad labels in split {split} (need 1+ labels in [0, {num_classes})); video_id:",
+           example["video_id"], "labels:", labels])
+  with tf.control_dependencies([check]):
+    return tf.identity(labels)
+
+
+def _looks_like_jpeg(strings):
+  """Start-of-image marker first and an end-of-image marker in the last bytes (truncation)."""
+  length = tf.strings.length(strings)
+  two = tf.fill(tf.shape(length), 2)
+  ok = tf.equal(tf.strings.substr(strings, tf.zeros_like(length), two), b"\xff\xd8")
+  has_eoi = tf.zeros_like(ok)
+  for back in range(2, _EOI_WINDOW + 2):
+    pos = tf.maximum(length - back, 0)
+    has_eoi = tf.logical_or(has_eoi, tf.equal(tf.strings.substr(strings, pos, two), b"\xff\xd9"))
+  return tf.logical_and(tf.logical_and(ok, has_eoi), length >= 4)
+
+
+def _decode_frames(example, indices, split: str):
+  """Decodes only frames[indices], each distinct frame once.
+
+  Returns uint8 [U, H, W, 3] for the U distinct indices, and `inverse` with
+  indices == unique[inverse] (gather it to restore the sampled order).
+  """
+  unique, inverse = tf.unique(tf.reshape(indices, [-1]))
+  strings = tf.gather(example["frames"], unique)
+  ok = _looks_like_jpeg(strings)
+  check = tf.debugging.Assert(
+      tf.reduce_all(ok),
+      [f"corrupt JPEG frame in split {split}; video_id:", example["video_id"],
+       "frame indices:", tf.boolean_mask(unique, tf.logical_not(ok))])
+  with tf.control_dependencies([check]):
+    strings = tf.identity(strings)
+  images = tf.map_fn(
+      lambda s: tf.io.decode_jpeg(s, channels=3, dct_method="INTEGER_ACCURATE"), strings,
+      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  return images, inverse
+
+
+def _resize(images, height, width):
+  """Bilinear (no antialias, like cv2 INTER_LINEAR) uint8 resize; a no-op at the same size."""
+  shape = tf.shape(images)
+
+  def resize():
+    out = tf.image.resize(images, tf.stack([height, width]), method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+  same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
+  return tf.cond(same, lambda: images, resize)
+
+
+def _resize_short_side(images, short_side: int):
+  shape = tf.shape(images)
+  new_h, new_w = sampling.short_side_size(shape[1], shape[2], short_side)
+  return _resize(images, new_h, new_w)
+
+
+def _crop(images, x, y, w, h):
+  return images[:, y:y + h, x:x + w, :]
+
+
+def _multihot(labels, num_classes: int):
+  return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.float32), axis=0)
+
+
+def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
+  """One parsed video -> {"video": uint8 [T, S, S, 3], "label", "multilabel"}."""
+  s = data_cfg.crop_size
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  n = _num_frames(example, split)
+  labels = _check_labels(example, num_classes, split)
+  if data_cfg.sampling == "tsn":
+    u = tf.random.stateless_uniform([data_cfg.num_frames], seeds[0], dtype=tf.float64)
+    indices = sampling.tsn_train_indices(n, data_cfg.num_frames, u)
+  else:
+    u = tf.random.stateless_uniform([1], seeds[0], dtype=tf.float64)
+    indices = sampling.dense_train_indices(n, data_cfg.clip_len, data_cfg.frame_interval, u)
+  images, inverse = _decode_frames(example, indices, split)
+  images = _resize_short_side(images, data_cfg.short_side)
+  shape = tf.shape(images)
+  u_crop = tf.random.stateless_uniform([2], seeds[1], dtype=tf.float64)
+  if data_cfg.multiscale_crop:
+    x, y, w, h = sampling.sample_multiscale_crop(
+        shape[1], shape[2], s, tuple(data_cfg.scales), data_cfg.max_wh_scale_gap, u_crop)
+  else:
+    x, y = sampling.random_crop_offset(shape[1], shape[2], s, u_crop)
+    w = h = tf.constant(s)
+  images = _resize(_crop(images, x, y, w, h), s, s)
+  video = tf.gather(images, inverse)
+  u_label = tf.random.stateless_uniform([], seeds[2], dtype=tf.float64)
+  label = labels[sampling.randint(u_label, tf.size(labels))]
+  t = frames_per_clip(data_cfg)
+  return {
+      "video": tf.ensure_shape(video, [t, s, s, 3]),
+      "label": tf.cast(label, tf.int32),
+      "multilabel": tf.ensure_shape(_multihot(labels, num_classes), [num_classes]),
+  }
+
+
+def _eval_example(example, *, data_cfg, num_classes: int, split: str):
+  """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
+  s = data_cfg.crop_size
+  clips = data_cfg.test_num_clips
+  t = frames_per_clip(data_cfg)
+  n = _num_frames(example, split)
+  labels = _check_labels(example, num_classes, split)
+  if data_cfg.sampling == "tsn":
+    indices = sampling.tsn_test_indices(n, data_cfg.num_frames, clips)
+  else:
+    indices = sampling.dense_test_indices(n, data_cfg.clip_len, data_cfg.frame_interval, clips)
+  images, inverse = _decode_frames(example, indices, split)
+  images = _resize_short_side(images, data_cfg.short_side)
+  shape = tf.shape(images)
+  if data_cfg.test_num_crops == 1:
+    x, y = sampling.center_crop_offset(shape[1], shape[2], s)
+    crops = [_crop(images, x, y, s, s)]
+  else:
+    offsets = sampling.three_crop_offsets(shape[1], shape[2], s)
+    crops = [_crop(images, offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+  views = [tf.reshape(tf.gather(c, inverse), [clips, t, s, s, 3]) for c in crops]
+  video = tf.concat(views, axis=0)  # view = crop * clips + clip
+  return {
+      "video": tf.ensure_shape(video, [num_views(data_cfg), t, s, s, 3]),
+      "label": tf.cast(labels[0], tf.int32),
+      "multilabel": tf.ensure_shape(_multihot(labels, num_classes), [num_classes]),
+      "mask": tf.constant(1.0, tf.float32),
+  }
+
+
+def _padding_example(data_cfg, num_classes: int):
+  s, t = data_cfg.crop_size, frames_per_clip(data_cfg)
+  return {
+      "video": tf.zeros([num_views(data_cfg), t, s, s, 3], tf.uint8),
+      "label": tf.constant(0, tf.int32),
+      "multilabel": tf.zeros([num_classes], tf.float32),
+      "mask": tf.constant(0.0, tf.float32),
+  }
+
+
+# ----------------------------------------------------------------------------
+# Dataset construction.
+
+
+def _read_records(files: Sequence[str], *, shuffle_files_seed: Optional[int],
+                  repeat: bool):
+  """Serialized examples, reading up to 16 shards in parallel (interleaved, deterministic)."""
+  ds = tf.data.Dataset.from_tensor_slices(list(files))
+  if shuffle_files_seed is not None:
+    ds = ds.shuffle(len(files), seed=shuffle_files_seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  return ds.interleave(
+      lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
+      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _resolve_process(process_index: Optional[int], process_count: Optional[int]):
+  index = jax.process_index() if process_index is None else int(process_index)
+  count = jax.process_count() if process_count is None else int(process_count)
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(f"bad process_index/process_count: {index}/{count}")
+  return index, count
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _hide_gpus_from_tf() -> None:
+  """Keeps TF off the accelerators (it would otherwise reserve their memory)."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):  # already initialised, or no such device type
+    pass
+
+
+def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_classes: int,
+                   seed: int = 0, process_index: Optional[int] = None,
+                   process_count: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
+  """The per-host tf.data pipeline of `split` (see the module docstring for the batches).
+
+  Args:
+    data_cfg: `configs.default.get_data_config()`-style config.
+    split: a split of the manifest (e.g. data_cfg.train_split).
+    train: training (infinite, shuffled, augmented) or evaluation (one pass).
+    batch_size: videos per batch on this host.
+    num_classes: K, the length of "multilabel" (labels must be < K).
+    seed: training randomness (shuffling, sampling, crops, label draws).
+    process_index, process_count: this host and the number of hosts
+      (default: jax.process_index() / jax.process_count()).
+    start_step: training step a resumed run starts at. It is folded into the
+      seeds, so a resumed run draws a fresh stream instead of replaying the
+      first batches (cheap, unlike skipping `start_step` batches; the stream is
+      not the one an uninterrupted run would have seen). Ignored for eval.
+  """
+  _validate_config(data_cfg)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  _hide_gpus_from_tf()
+  index, count = _resolve_process(process_index, process_count)
+  manifest = records.read_manifest(data_cfg.data_dir)
+  files = _split_files(data_cfg.data_dir, manifest, split)
+  if train:
+    ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
+                        start_step)
+  else:
+    if "num_videos" not in manifest["splits"][split]:
+      raise ValueError(f"split {split!r} of {data_cfg.data_dir!r} has no num_videos in its "
+                       f"manifest (needed to pad evaluation batches)")
+    num_videos = int(manifest["splits"][split]["num_videos"])
+    ds = _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count)
+  return ds.with_options(_options())
+
+
+def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
+                   start_step):
+  host_seed = _hash_seed(seed, start_step, index)
+  by_file = len(files) >= count
+  if by_file:
+    files = files[index::count]
+    files_seed = host_seed
+  else:
+    # Identical on all hosts, so that the per-example shards partition the stream.
+    files_seed = _hash_seed(seed, start_step)
+  cache = bool(data_cfg.cache)
+  ds = _read_records(files, shuffle_files_seed=None if cache else files_seed,
+                     repeat=not cache)
+  if not by_file:
+    ds = ds.shard(count, index)
+  parse = records.parse_sequence_example
+  if cache:
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE).cache()
+    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=host_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+  else:
+    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=host_seed, reshuffle_each_iteration=True)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
+
+  def transform(counter, example):
+    seed = tf.stack([tf.constant(host_seed, tf.int64), counter])
+    return _train_example(example, seed, data_cfg=data_cfg, num_classes=num_classes, split=split)
+
+  ds = ds.enumerate().map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
+  expected = len(range(index, num_videos, count))  # videos this host must see
+  num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
+  ds = _read_records(files, shuffle_files_seed=None, repeat=False)
+  if count > 1:
+    ds = ds.shard(count, index)
+
+  def parse(position, serialized):
+    check = tf.debugging.Assert(
+        position < expected,
+        [f"split {split} holds more videos than its manifest says ({num_videos}); "
+         f"re-run data_prep"])
+    with tf.control_dependencies([check]):
+      return records.parse_sequence_example(tf.identity(serialized))
+
+  ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE)
+  if data_cfg.cache:
+    ds = ds.cache()
+  ds = ds.map(lambda ex: _eval_example(ex, data_cfg=data_cfg, num_classes=num_classes,
+                                       split=split),
+              num_parallel_calls=AUTOTUNE, deterministic=True)
+  padding = tf.data.Dataset.from_tensors(_padding_example(data_cfg, num_classes)).repeat()
+  total = num_batches * batch_size
+  # One element past `total` is read and dropped, so that a shard holding more
+  # videos than the manifest says trips the check above instead of losing videos.
+  ds = ds.concatenate(padding).take(total + 1).enumerate()
+  ds = ds.filter(lambda i, _: i < total).map(lambda _, x: x)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+  return ds.prefetch(AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------
+# On-device helpers (pure jnp; call them inside the jitted train / eval step).
+
+
+def normalize(video, mean: Sequence[float], std: Sequence[float]):
+  """uint8 video [..., 3] -> float32 (video - mean) / std, per channel (0-255 RGB stats)."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (video.astype(jnp.float32) - mean) / std
+
+
+def random_flip(rng, video, probability: float = 0.5):
+  """Left-right flips each video of a batch [B, ..., H, W, C] with `probability` (dm-pix).
+
+  All frames (and views) of one video get the same flip.
+  """
+  keys = jax.random.split(rng, video.shape[0])
+  return jax.vmap(lambda k, v: dm_pix.random_flip_left_right(k, v, probability=probability))(
+      keys, video)
+
+
+# ----------------------------------------------------------------------------
+# Host -> global arrays.
+
+
+def make_global_batch(local_batch, mesh: jax.sharding.Mesh, spec: PartitionSpec):
+  """Assembles each leaf's per-host slice into a global jax.Array sharded as `spec` on `mesh`."""
+  sharding = NamedSharding(mesh, spec)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def prefetch_to_mesh(iterator: Iterable, mesh: jax.sharding.Mesh, size: int = 2,
+                     axis: str = "data") -> Iterator:
+  """Yields global batches sharded over `mesh` axis `axis` (leading dim), `size` ahead.
+
+  `iterator` yields per-host batches (dicts of NumPy arrays); a tf.data.Dataset
+  is turned into its NumPy iterator. Transfers are asynchronous, so keeping
+  `size` batches in flight overlaps them with the running step.
+  """
+  if axis not in mesh.axis_names:
+    raise ValueError(f"mesh has no axis {axis!r} (axes: {mesh.axis_names})")
+  if isinstance(iterator, tf.data.Dataset):
+    iterator = iterator.as_numpy_iterator()
+  iterator = iter(iterator)
+  spec = PartitionSpec(axis)
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append(make_global_batch(batch, mesh, spec))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
