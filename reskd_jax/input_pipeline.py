@@ -29,9 +29,10 @@ every host to the same number of batches (ceil(ceil(N / hosts) / B), N from
 the manifest), so all hosts run the same number of eval steps and every video
 is seen exactly once overall.
 
-Randomness is stateless: element k of host h uses the seed
-(hash(seed, start_step, h), k), so a pipeline is reproducible for a given seed
-while staying parallel.
+Randomness is stateless: element k of epoch e on host h uses the seed
+(hash(seed, h) + e * 1000003, k), and epoch e's file order and shuffle are
+seeded by e, so a pipeline is reproducible for a given seed while staying
+parallel, and a resumed run continues the exact stream (`start_step`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import math
 import os
 from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
@@ -343,10 +345,9 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
     seed: training randomness (shuffling, sampling, crops, label draws).
     process_index, process_count: this host and the number of hosts
       (default: jax.process_index() / jax.process_count()).
-    start_step: training step a resumed run starts at. It is folded into the
-      seeds, so a resumed run draws a fresh stream instead of replaying the
-      first batches (cheap, unlike skipping `start_step` batches; the stream is
-      not the one an uninterrupted run would have seen). Ignored for eval.
+    start_step: training step a resumed run starts at: the stream continues
+      exactly where an uninterrupted run would be (whole epochs are skipped
+      without reading; see `_train_dataset`). Ignored for eval.
   """
   _validate_config(data_cfg)
   if batch_size < 1:
@@ -357,7 +358,7 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   files = _split_files(data_cfg.data_dir, manifest, split)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
-                        start_step)
+                        start_step, manifest)
   else:
     if "num_videos" not in manifest["splits"][split]:
       raise ValueError(f"split {split!r} of {data_cfg.data_dir!r} has no num_videos in its "
@@ -367,35 +368,84 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   return ds.with_options(_options())
 
 
+def _host_epoch_size(manifest, split: str, files, all_files, index: int, count: int,
+                     by_file: bool) -> Optional[int]:
+  """Videos this host reads per epoch, or None when the manifest cannot tell."""
+  entry = manifest["splits"][split]
+  total = entry.get("num_videos")
+  if count == 1:
+    return int(total) if total is not None else None
+  if not by_file:
+    return len(range(index, int(total), count)) if total is not None else None
+  sizes = entry.get("shard_sizes")
+  if sizes is None or len(sizes) != len(all_files):
+    return None
+  size_of = dict(zip(all_files, sizes))
+  return sum(int(size_of[f]) for f in files)
+
+
 def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
-                   start_step):
-  host_seed = _hash_seed(seed, start_step, index)
+                   start_step, manifest):
+  """Infinite stream of epochs; epoch e is shuffled with seeds derived from (seed, e).
+
+  Every random choice is a function of (seed, host, epoch, position in epoch),
+  so a run resumed at `start_step` sees exactly the stream an uninterrupted
+  run would: whole epochs before it are skipped for free, and only the
+  examples of the current epoch are read (not decoded) again.
+  """
+  all_files = list(files)
   by_file = len(files) >= count
   if by_file:
     files = files[index::count]
-    files_seed = host_seed
+  epoch_size = _host_epoch_size(manifest, split, files, all_files, index, count, by_file)
+  consumed = int(start_step) * batch_size
+  if epoch_size:
+    first_epoch, offset = divmod(consumed, epoch_size)
+    host_seed = _hash_seed(seed, index)
   else:
-    # Identical on all hosts, so that the per-example shards partition the stream.
-    files_seed = _hash_seed(seed, start_step)
-  cache = bool(data_cfg.cache)
-  ds = _read_records(files, shuffle_files_seed=None if cache else files_seed,
-                     repeat=not cache)
-  if not by_file:
-    ds = ds.shard(count, index)
+    # Unknown epoch length (multi-host without shard sizes): a fresh stream.
+    first_epoch, offset = 0, 0
+    host_seed = _hash_seed(seed, start_step, index)
+    if start_step:
+      logging.warning("manifest of %r has no shard_sizes: the resumed data stream is a "
+                      "fresh one, not the uninterrupted run's", split)
+  # Identical on all hosts when sharding by example, so the shards partition the stream.
+  files_seed = host_seed if by_file else _hash_seed(seed)
+  files_t = tf.constant(files)
   parse = records.parse_sequence_example
-  if cache:
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE).cache()
-    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=host_seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-  else:
-    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=host_seed, reshuffle_each_iteration=True)
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
+  cached = None
+  if data_cfg.cache:
+    cached = _read_records(files, shuffle_files_seed=None, repeat=False)
+    if not by_file:
+      cached = cached.shard(count, index)
+    cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
 
-  def transform(counter, example):
-    seed = tf.stack([tf.constant(host_seed, tf.int64), counter])
-    return _train_example(example, seed, data_cfg=data_cfg, num_classes=num_classes, split=split)
+  def epoch(e):
+    shuffle_seed = tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003
+    if cached is not None:
+      ds = cached
+    else:
+      order = tf.random.experimental.stateless_shuffle(
+          files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
+      ds = tf.data.Dataset.from_tensor_slices(order).interleave(
+          lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
+          cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+          num_parallel_calls=AUTOTUNE, deterministic=True)
+      if not by_file:
+        ds = ds.shard(count, index)
+    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed)
+    return ds.enumerate().map(lambda i, ex: (e, i, ex))
 
-  ds = ds.enumerate().map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch).skip(offset)
+
+  def transform(e, i, example):
+    if cached is None:
+      example = parse(example)
+    element_seed = tf.stack([tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003, i])
+    return _train_example(example, element_seed, data_cfg=data_cfg, num_classes=num_classes,
+                          split=split)
+
+  ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -382,7 +382,7 @@ def test_train_deterministic_per_seed(data_dir):
   a = _take(_train(data_dir, seed=3), 3)
   b = _take(_train(data_dir, seed=3), 3)
   c = _take(_train(data_dir, seed=4), 3)
-  d = _take(_train(data_dir, seed=3, start_step=100), 3)  # a resumed run: fresh stream
+  d = _take(_train(data_dir, seed=3, start_step=100), 3)  # 40 epochs later: another order
   for x, y in zip(a, b):
     chex.assert_trees_all_equal(x, y)
   assert any(not np.array_equal(x["video"], z["video"]) for x, z in zip(a, c))
@@ -541,3 +541,17 @@ def test_prefetch_to_mesh_shards_over_data_axis(data_dir):
   assert batches[0]["video"].shape == (8, 1, 4, 16, 16, 3)
   assert batches[0]["video"].sharding.is_equivalent_to(expected_sharding, 6)
   assert float(jnp.sum(batches[1]["mask"])) == 2.0
+
+
+def test_resumed_stream_equals_uninterrupted_stream(data_dir):
+  """start_step=k continues exactly where an uninterrupted stream is after k batches."""
+  full = _take(_train(data_dir, seed=3), 8)  # 32 videos: crosses three epoch ends (10 videos)
+  for start in (1, 3, 5):
+    resumed = _take(_train(data_dir, seed=3, start_step=start), 8 - start)
+    for want, got in zip(full[start:], resumed):
+      np.testing.assert_array_equal(got["video"], want["video"])
+      np.testing.assert_array_equal(got["label"], want["label"])
+  # Consecutive epochs are ordered differently.
+  ids = np.concatenate([_decode_codes(b["video"])[1][:, 0] for b in full])
+  assert sorted(ids[:10]) == list(range(10)) and sorted(ids[10:20]) == list(range(10))
+  assert not np.array_equal(ids[:10], ids[10:20])
