@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.bias_lr_mult = 2.0
   config.optimizer.clip_grad_norm = 20.0
   config.optimizer.warmup_epochs = 0.0
+  config.optimizer.lr_by_epoch = True  # mmcv CosineAnnealing(by_epoch=True)
   config.optimizer.name = "sgd"  # or "adamw"
 
   config.batch_size = 64  # global, videos

@@ -283,6 +283,11 @@ def build_model(name: str, num_classes: int, *, tsm: bool = False,
                          num_segments=num_segments, in_channels=in_channels, dtype=dtype)
 
 
+def with_bn_axis(model: VideoClassifier, axis_name: Optional[str]) -> VideoClassifier:
+  """The same model with BatchNorm synchronised over ``axis_name`` (None: local)."""
+  return model.clone(backbone=model.backbone.clone(bn_axis_name=axis_name))
+
+
 def feature_channels(model: VideoClassifier) -> int:
   """Channels of the last-stage feature map."""
   bb = model.backbone

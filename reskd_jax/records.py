@@ -48,7 +48,7 @@ def make_sequence_example(video_id: str, jpeg_frames: Sequence[bytes], labels: S
   frames = tf.train.FeatureList(feature=[_bytes([f]) for f in jpeg_frames])
   example = tf.train.SequenceExample(
       context=context, feature_lists=tf.train.FeatureLists(feature_list={FRAMES_KEY: frames}))
-  return example.SerializeToString()
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_sequence_example(serialized):
@@ -81,6 +81,7 @@ def read_manifest(data_dir: str) -> Dict[str, Any]:
 
   Layout: {"dataset": str, "classes": [names], "multi_label": bool,
            "splits": {split: {"num_videos": int, "shards": [file names],
+                              "shard_sizes": [videos per shard],
                               "skipped": [{"item": str, "reason": str}]}}}
   Raises FileNotFoundError with a message saying how to prepare the data.
   """

@@ -146,7 +146,7 @@ def _model_metadata(config, model_cfg, num_classes) -> Dict[str, Any]:
 
 
 def _eval_setup(config, model, mesh, num_classes):
-  eval_model = model.clone(bn_axis_name=None)
+  eval_model = models.with_bn_axis(model, None)
   step = train_step.make_eval_step(model=eval_model, mean=config.data.mean, std=config.data.std,
                                    dtype=_dtype(config.dtype))
   fn = train_step.shard_eval_step(step, mesh)
@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   student = build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  variables = models.init_variables(student.clone(bn_axis_name=None), init_rng, num_frames,
+  variables = models.init_variables(models.with_bn_axis(student, None), init_rng, num_frames,
                                     config.data.crop_size)
   variables = jax.tree.map(np.asarray, variables)
   if config.model.init_from:
@@ -212,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                 dropout_rate=0.0)
     teacher_vars = var_io.load_variables(config.teacher.checkpoint)
     teacher_vars = {k: teacher_vars[k] for k in ("params", "batch_stats") if k in teacher_vars}
-    check_teacher_alignment(config, student, teacher.clone(bn_axis_name=None), teacher_vars,
+    check_teacher_alignment(config, student, models.with_bn_axis(teacher, None), teacher_vars,
                             num_classes)
 
   steps_per_epoch, num_train_steps = _steps(config, info)

@@ -1,0 +1,24 @@
+"""Data preparation for reskd_jax: video data sets -> sharded TFRecords (reskd_jax.records).
+
+  python -m data_prep --help
+
+Public API:
+  convert_format(fmt, annotations, source, out, split, classes=None, options=ConvertOptions(), ...)
+  convert(annotations: Annotations, out_dir, split, options=ConvertOptions(), ...)
+  read_annotations(fmt, annotations, source, split, classes=None) -> Annotations
+  prepare_demo(out_dir, num_train=600, num_test=400, seed=0, workers=None) -> records dir
+"""
+
+from data_prep.annotations import FORMATS, read_annotations
+from data_prep.convert import convert, convert_format
+from data_prep.encode import ConvertOptions
+from data_prep.items import Annotations, ConversionError, Item, ItemError, Skipped
+
+
+def prepare_demo(*args, **kwargs):
+  from data_prep.demo_data import prepare_demo as _prepare
+  return _prepare(*args, **kwargs)
+
+
+__all__ = ["FORMATS", "read_annotations", "convert", "convert_format", "ConvertOptions",
+           "Annotations", "ConversionError", "Item", "ItemError", "Skipped", "prepare_demo"]

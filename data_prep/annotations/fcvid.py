@@ -1,0 +1,23 @@
+"""FCVID list files: a video path, then one or more labels (multi-label)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from data_prep.annotations.common import Entry, finish, join, split_lines
+from data_prep.items import Annotations, Skipped
+from data_prep.labels import relpath_id
+
+
+def read(annotations: str, source: str, split: str, classes: Optional[Sequence[str]] = None
+         ) -> Annotations:
+  """`path label [label ...]` per line, whitespace separated (labels: indices or names)."""
+  del split
+  entries, skipped = [], []
+  for n, line in split_lines(annotations):
+    parts = line.split()
+    if len(parts) < 2:
+      skipped.append(Skipped(f"{annotations}:{n}", f"malformed line {line!r} (want `path label...`)"))
+      continue
+    entries.append(Entry(relpath_id(parts[0]), join(source, parts[0]), tuple(parts[1:])))
+  return finish("fcvid", entries, classes, annotations, skipped, multi_label=True)

@@ -1,0 +1,159 @@
+"""`python -m data_prep <format> ...`: convert a video data set to ResKD TFRecords."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from typing import Optional, Sequence
+
+from data_prep.annotations import FORMATS
+from data_prep.items import ConversionError
+
+DESCRIPTION = """\
+Convert a video data set to the TFRecord layout read by reskd_jax
+(<out>/manifest.json, <out>/<split>/<split>-00000-of-000NN.tfrecord): one
+SequenceExample per video, frames resized to --short-side and JPEG encoded.
+
+Run once per split into the same --out (the manifest keeps every split; the
+second split reuses the first one's class list). Bad videos are skipped and
+listed with their reason in manifest.json; the command fails (exit status 2)
+only when nothing could be converted. Interrupted? Rerun the same command:
+finished shards are kept.
+"""
+
+FORMAT_HELP = {
+    "kinetics": "Kinetics-400 CSV (label,youtube_id,time_start,time_end,split); clips "
+                "<source>/[<label>/]<youtube_id>_<start:06d>_<end:06d>.mp4",
+    "minik": "Mini-Kinetics / mmaction2 video list: `relative/path.mp4 label` per line",
+    "activitynet": "ActivityNet v1.3 JSON (database -> id -> subset, annotations); videos "
+                   "<source>/v_<id>.mp4 or <source>/<id>.*; multi-label",
+    "fcvid": "FCVID list: `relative/path.mp4 label [label ...]` per line; multi-label",
+    "sthv2": "Something-Something V2 split JSON (id, template, label) with --classes="
+             "something-something-v2-labels.json; videos <source>/<id>.webm",
+    "folder": "<source>/<class_name>/<video file or frame folder>; no --annotations",
+    "rawframes": "mmaction2 rawframes list: `folder num_frames label [label ...]` per line; "
+                 "frames <source>/<folder>/img_00001.jpg ...",
+}
+
+EXAMPLES = """\
+examples:
+  python -m data_prep minik --annotations=minik/train_list.txt --classes=minik/classes.txt \\
+      --source=minik/videos --out=data/minik --split=train
+  python -m data_prep activitynet --annotations=activity_net.v1-3.min.json \\
+      --source=anet/videos --out=data/anet --split=val --fps=1
+  python -m data_prep demo --out=data/demo
+See data_prep/README.md for every format.
+"""
+
+
+def _positive_int(text):
+  v = int(text)
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+  return v
+
+
+def _positive_float(text):
+  v = float(text)
+  if not v > 0:
+    raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+  return v
+
+
+def _quality(text):
+  v = int(text)
+  if not 1 <= v <= 100:
+    raise argparse.ArgumentTypeError(f"must be in 1..100, got {v}")
+  return v
+
+
+def _non_negative(text):
+  v = int(text)
+  if v < 0:
+    raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+  return v
+
+
+def _add_convert_args(p: argparse.ArgumentParser, fmt: str):
+  if fmt != "folder":
+    p.add_argument("--annotations", required=True, help="annotation file of the split")
+  p.add_argument("--source", required=True,
+                 help="root of the videos / frame folders (paths in the annotations are "
+                      "relative to it)")
+  p.add_argument("--out", required=True, help="output directory (holds manifest.json)")
+  p.add_argument("--split", default="train", help="split name written (default: train)")
+  p.add_argument("--classes", default=None,
+                 help="class list: text file (one name a line, line order = index) or JSON "
+                      "(list of names, or name -> index)")
+  p.add_argument("--short-side", type=_non_negative, default=256,
+                 help="resize frames so the short side is exactly this, aspect kept "
+                      "(default 256; 0 keeps the source size)")
+  sub = p.add_mutually_exclusive_group()
+  sub.add_argument("--frame-stride", type=_positive_int, default=1,
+                   help="keep every N-th frame (default 1: all)")
+  sub.add_argument("--fps", type=_positive_float, default=None,
+                   help="video files: keep frames at about F per second (long untrimmed videos)")
+  p.add_argument("--jpeg-quality", type=_quality, default=90, help="JPEG quality (default 90)")
+  p.add_argument("--filename-tmpl", default="img_{:05d}.jpg",
+                 help="frame file names in frame folders (default img_{:05d}.jpg)")
+  p.add_argument("--num-shards", type=_positive_int, default=None,
+                 help="shards for this split (default: one per 100 videos)")
+  p.add_argument("--workers", type=_positive_int, default=None,
+                 help="parallel processes (default: CPU count; 1: in this process)")
+  p.add_argument("--decode-threads", type=_non_negative, default=1,
+                 help="FFmpeg decoder threads per process (default 1; 0: automatic)")
+  p.add_argument("--shuffle-seed", type=int, default=0,
+                 help="seed of the fixed video-to-shard permutation (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m data_prep", description=DESCRIPTION, epilog=EXAMPLES,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  subs = parser.add_subparsers(dest="format", required=True, metavar="<format>",
+                               help=f"one of: {', '.join(FORMATS)}, demo")
+  for fmt in FORMATS:
+    p = subs.add_parser(fmt, help=FORMAT_HELP[fmt], description=FORMAT_HELP[fmt])
+    _add_convert_args(p, fmt)
+  demo = subs.add_parser("demo", help="generate and convert the synthetic demo data set",
+                         description=textwrap.dedent("""\
+      Generates the demo videos (8 classes: shape x direction) under <out>/raw and converts
+      them to <out>/records (splits train and test). Nothing is downloaded; a rerun with
+      the same settings returns at once."""))
+  demo.add_argument("--out", required=True)
+  demo.add_argument("--num-train", type=_positive_int, default=600)
+  demo.add_argument("--num-test", type=_positive_int, default=400)
+  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--workers", type=_positive_int, default=None)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  args = build_parser().parse_args(argv)
+  try:
+    if args.format == "demo":
+      from data_prep.demo_data import prepare_demo
+      records = prepare_demo(args.out, num_train=args.num_train, num_test=args.num_test,
+                             seed=args.seed, workers=args.workers)
+      print(f"demo data set ready: {records}")
+      return 0
+    from data_prep.convert import convert_format
+    from data_prep.encode import ConvertOptions
+    options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,
+                             frame_stride=args.frame_stride, fps=args.fps,
+                             filename_tmpl=args.filename_tmpl, decode_threads=args.decode_threads)
+    convert_format(args.format, getattr(args, "annotations", None), args.source, args.out,
+                   args.split, classes=args.classes, options=options,
+                   num_shards=args.num_shards, workers=args.workers,
+                   shuffle_seed=args.shuffle_seed)
+    return 0
+  except ConversionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted: finished shards are kept; rerun the same command to resume",
+          file=sys.stderr)
+    return 130

@@ -1,0 +1,85 @@
+"""Tiny fixtures for tests: synthetic frames, real video files / frame folders, reading records back."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+
+CODECS = {".mp4": ("libx264", "yuv444p", {"qp": "0"}),
+          ".mkv": ("libx264", "yuv444p", {"qp": "0"}),
+          ".webm": ("libvpx-vp9", "yuv444p", {"lossless": "1", "deadline": "realtime",
+                                              "cpu-used": "8"})}
+
+
+def make_frames(seed: int, num: int = 8, h: int = 32, w: int = 40) -> np.ndarray:
+  """(num, h, w, 3) uint8: smooth colour gradients, a moving block and a brightness step
+  per frame, so every frame differs clearly from the others while JPEG keeps them close."""
+  y, x = np.mgrid[:h, :w]
+  base = np.stack([x * 3 + seed * 15, y * 4 + 30, (x + y) * 2 + 60 - seed * 5], -1).astype(float)
+  frames = []
+  for t in range(num):
+    img = base + 12 * t
+    c = 2 + 3 * t
+    img[8:18, c:c + 8] = [220, 40, 120 + 10 * seed]
+    frames.append(np.clip(img, 0, 255).astype(np.uint8))
+  return np.stack(frames)
+
+
+def put_video(path: str, frames: np.ndarray, fps: int = 8) -> np.ndarray:
+  """Writes a real, lossless video file (.mp4/.mkv: H.264, .webm: VP9) with PyAV;
+  returns the frames."""
+  import av
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  codec, pix_fmt, options = CODECS[os.path.splitext(path)[1]]
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt, stream.options = pix_fmt, options
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return frames
+
+
+def put_frames(folder: str, frames: np.ndarray, quality: int = 95) -> np.ndarray:
+  """Writes a frame folder img_00001.jpg ...; returns the frames as a decoder sees them."""
+  from PIL import Image
+
+  os.makedirs(folder, exist_ok=True)
+  out = []
+  for t, f in enumerate(frames):
+    path = os.path.join(folder, f"img_{t + 1:05d}.jpg")
+    Image.fromarray(f).save(path, quality=quality)
+    with Image.open(path) as img:
+      out.append(np.asarray(img.convert("RGB")))
+  return np.stack(out)
+
+
+def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple[int, ...], np.ndarray]]]:
+  """(manifest, video_id -> (labels, frames (T,H,W,3) uint8)), through tf.data and
+  reskd_jax.records.parse_sequence_example. Checks the shapes and the count."""
+  import tensorflow as tf
+
+  from reskd_jax.records import parse_sequence_example, read_manifest
+
+  manifest = read_manifest(str(data_dir))
+  files = [os.path.join(data_dir, split, s) for s in manifest["splits"][split]["shards"]]
+  result = {}
+  for rec in tf.data.TFRecordDataset(files).map(parse_sequence_example):
+    frames = np.stack([tf.io.decode_jpeg(f, channels=3).numpy() for f in rec["frames"]])
+    expected = (int(rec["num_frames"]), int(rec["height"]), int(rec["width"]), 3)
+    if frames.shape != expected:
+      raise AssertionError(f"frames {frames.shape} != {expected}")
+    vid = rec["video_id"].numpy().decode()
+    if vid in result:
+      raise AssertionError(f"video {vid} written twice")
+    result[vid] = (tuple(int(l) for l in rec["labels"].numpy()), frames)
+  if len(result) != manifest["splits"][split]["num_videos"]:
+    raise AssertionError(f"{len(result)} records, manifest says "
+                         f"{manifest['splits'][split]['num_videos']}")
+  return manifest, result
