@@ -40,6 +40,20 @@ def _maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def _parse_flags(argv):
+  """absl's parser, but an unknown `--config.KEY` is a one-line error, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: unknown config key {e} (overrides given: {', '.join(overrides)}); "
+          f"see the config file for the valid keys", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -67,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

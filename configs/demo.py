@@ -15,6 +15,7 @@ block per stage, widths 8-64 (~0.3 M parameters).
 from configs import default
 
 RUNS = ("teacher", "baseline", "reskd")
+NUM_CLASSES = 8
 
 
 def _model(input_size=None):
@@ -43,7 +44,7 @@ def get_config(arg="reskd"):
   config.data.flip = False  # left/right is part of the label
   config.data.cache = True
   config.data.shuffle_buffer = 600
-  config.num_classes = 8
+  config.num_classes = NUM_CLASSES
 
   config.model = _model(input_size=None if arg == "teacher" else 32)
   config.teacher = _model(input_size=None)
@@ -60,7 +61,7 @@ def get_config(arg="reskd"):
   config.optimizer.lr_by_epoch = False
   config.batch_size = 32
   config.eval_batch_size = 50
-  config.num_epochs = 30.0 if arg == "teacher" else 60.0
+  config.num_epochs = 30.0 if arg == "teacher" else 45.0
   config.log_every_steps = 50
   config.eval_every_epochs = 1000.0  # only at the end
   config.checkpoint_every_steps = 500

@@ -17,18 +17,24 @@ import sys
 import time
 
 
-def _measure(config, workdir, run_cfg):
+def _measure_all(runs, batch_size: int, rounds: int = 3):
+  """Inference videos/s of each trained model, measured side by side.
+
+  The rounds interleave the models so that load on a shared machine hits all
+  of them alike; each figure is the median over rounds of a median of 5 runs.
+  """
+  import statistics
   from reskd_jax import checkpoint, profile, train
-  from reskd_jax import input_pipeline
-  info = input_pipeline.dataset_info(run_cfg.data.data_dir)
-  model = train.build_from_config(run_cfg.model, info.num_classes)
-  variables = checkpoint.load_variables(workdir)
-  res = train.student_resolution(run_cfg)
-  speed = profile.measure_throughput(model.clone(input_size=None), variables,
-                                     batch_size=config.throughput_batch,
-                                     num_frames=run_cfg.data.num_frames, resolution=res,
-                                     timed_runs=5)
-  return speed["videos_per_s"]
+  speeds = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, (cfg, workdir, num_classes) in runs.items():
+      model = train.build_from_config(cfg.model, num_classes).clone(input_size=None)
+      speed = profile.measure_throughput(model, checkpoint.load_variables(workdir),
+                                         batch_size=batch_size,
+                                         num_frames=cfg.data.num_frames,
+                                         resolution=train.student_resolution(cfg), timed_runs=5)
+      speeds[name].append(speed["videos_per_s"])
+  return {name: statistics.median(v) for name, v in speeds.items()}
 
 
 def main(argv=None) -> int:
@@ -39,7 +45,6 @@ def main(argv=None) -> int:
   parser.add_argument("--num-test", type=int, default=400)
   parser.add_argument("--throughput-batch", type=int, default=32)
   args = parser.parse_args(argv)
-  args.throughput_batch = int(args.throughput_batch)
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from configs import demo as demo_config
@@ -50,7 +55,7 @@ def main(argv=None) -> int:
   workdir = os.path.abspath(args.workdir)
   records = prepare_demo(os.path.join(workdir, "data"), num_train=args.num_train,
                          num_test=args.num_test)
-  results = {}
+  results, trained = {}, {}
   for run in demo_config.RUNS:
     cfg = demo_config.get_config(run)
     cfg.data.data_dir = records
@@ -74,9 +79,13 @@ def main(argv=None) -> int:
         "top1": res["top1"],
         "top5": res["top5"],
         "gflops_per_video": res["gflops_per_video"],
-        "videos_per_sec": _measure(args, run_dir, cfg),
         "resolution": res["resolution"],
     }
+    trained[run] = (cfg, run_dir, demo_config.NUM_CLASSES)
+
+  print("\nmeasuring inference throughput (side by side)...", flush=True)
+  for run, speed in _measure_all(trained, args.throughput_batch).items():
+    results[run]["videos_per_sec"] = speed
 
   lines = [f"{'model':<10} {'res':>4} {'top-1':>7} {'GFLOPs/video':>13} {'videos/s':>9}"]
   for run, r in results.items():

@@ -141,8 +141,12 @@ def student_resolution(config) -> int:
 
 def _model_metadata(config, model_cfg, num_classes) -> Dict[str, Any]:
   return {"arch": model_cfg.name, "num_classes": num_classes, "tsm": bool(model_cfg.tsm),
-          "input_size": model_cfg.input_size, "source": "reskd_jax.train",
-          "mode": config.mode}
+          "num_segments": config.data.num_frames, "strides": list(model_cfg.strides),
+          "width": model_cfg.width,
+          "stage_sizes": list(model_cfg.stage_sizes) if model_cfg.stage_sizes else None,
+          "stem": model_cfg.stem, "input_size": model_cfg.input_size,
+          "resolution": model_cfg.input_size or config.data.crop_size,
+          "source": "reskd_jax.train", "mode": config.mode}
 
 
 def _eval_setup(config, model, mesh, num_classes):

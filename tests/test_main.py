@@ -1,0 +1,200 @@
+"""main.py end to end on a tiny converted data set (subprocesses, 8 CPU devices)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from reskd_jax import checkpoint, evaluate, models, records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
+
+# configs/minik_r50_112.py shrunk: tiny nets, 32 px crops, 16 px student.
+SHRINK = [
+    "--config.model.name=resnet18", "--config.model.width=8",
+    "--config.model.stage_sizes=(1,1,1,1)", "--config.model.stem=small",
+    "--config.model.input_size=16",
+    "--config.teacher.name=resnet18", "--config.teacher.width=8",
+    "--config.teacher.stage_sizes=(1,1,1,1)", "--config.teacher.stem=small",
+    f"--config.num_classes={NUM_CLASSES}", f"--config.data.num_frames={FRAMES}",
+    "--config.data.short_side=36", "--config.data.crop_size=32",
+    "--config.data.shuffle_buffer=16", "--config.data.eval_split=val",
+    "--config.batch_size=8", "--config.eval_batch_size=8", "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=100",
+]
+
+
+def _write_split(root, split, num_videos, rs):
+  os.makedirs(os.path.join(root, split), exist_ok=True)
+  name = records.shard_name(split, 0, 1)
+  with tf.io.TFRecordWriter(os.path.join(root, split, name)) as writer:
+    for v in range(num_videos):
+      label = v % NUM_CLASSES
+      frames = []
+      for f in range(6):
+        img = (rs.rand(SIDE, SIDE + 8, 3) * 60 + 40 * label).astype(np.uint8)
+        frames.append(tf.io.encode_jpeg(img, quality=95).numpy())
+      writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
+                                                 [f"c{label}"], SIDE, SIDE + 8))
+  return {"num_videos": num_videos, "shards": [name], "shard_sizes": [num_videos],
+          "skipped": []}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("main")
+  data = str(root / "data")
+  rs = np.random.RandomState(0)
+  manifest = {"dataset": "tiny", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
+              "multi_label": False,
+              "splits": {"train": _write_split(data, "train", 32, rs),
+                         "val": _write_split(data, "val", 12, rs)}}
+  with open(os.path.join(data, records.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  # A "converted" teacher file with random weights and statistics.
+  teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
+                               stem="small")
+  tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
+  teacher_dir = checkpoint.save_variables(str(root / "teacher"), tvars, {"arch": "resnet18"})
+  # A teacher twice as wide: a 128-channel map the 64-channel student cannot match.
+  wide = models.build_model("resnet18", NUM_CLASSES, width=16, stage_sizes=(1, 1, 1, 1),
+                            stem="small")
+  wide_dir = checkpoint.save_variables(
+      str(root / "wide_teacher"), models.init_variables(wide, jax.random.key(8), FRAMES, 32),
+      {"arch": "resnet18"})
+  return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir}
+
+
+def _cmd(setup, workdir, *extra, config="configs/minik_r50_112.py"):
+  return [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
+          f"--config.data.data_dir={setup['data']}",
+          f"--config.teacher.checkpoint={setup['teacher']}", *SHRINK, *extra]
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".cache", "jax")
+  return env
+
+
+def _run(cmd, timeout=300):
+  return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_minik_config_trains_then_evaluates(setup):
+  workdir = str(setup["root"] / "run")
+  proc = _run(_cmd(setup, workdir, "--config.num_train_steps=6",
+                   "--config.data.test_num_clips=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "[train] step 6/6" in proc.stdout and "ETA" in proc.stdout
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["mode"] == "reskd" and results["step"] == 6
+  assert results["num_videos"] == 12 and 0.0 <= results["top1"] <= 1.0
+  assert results["resolution"] == 16 and results["gflops_per_video"] > 0
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert os.path.isdir(os.path.join(workdir, "variables"))
+
+  proc = _run(_cmd(setup, workdir, "--mode=eval", "--config.data.test_num_clips=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluated = json.load(open(os.path.join(workdir, "eval_results.json")))
+  for key in ("top1", "top5", "mean_class_accuracy"):
+    assert evaluated[key] == pytest.approx(results[key])
+
+
+def test_sigterm_then_resume_equals_uninterrupted_run(setup):
+  steps = ["--config.num_train_steps=14", "--config.steps_per_epoch=4"]
+  straight = str(setup["root"] / "straight")
+  proc = _run(_cmd(setup, straight, *steps))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  interrupted = str(setup["root"] / "interrupted")
+  child = subprocess.Popen(_cmd(setup, interrupted, *steps), cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in child.stdout:
+    lines.append(line)
+    if "[train] step 5/14" in line:
+      child.send_signal(signal.SIGTERM)
+  assert child.wait(timeout=300) == 0, "".join(lines[-40:])
+  out = "".join(lines)
+  assert "saving a checkpoint and stopping" in out, out[-3000:]
+  assert not os.path.exists(os.path.join(interrupted, "results.json"))
+
+  proc = _run(_cmd(setup, interrupted, *steps))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "[train] step 1/14" not in proc.stdout  # it resumed
+  a = json.load(open(os.path.join(straight, "results.json")))
+  b = json.load(open(os.path.join(interrupted, "results.json")))
+  for key in ("top1", "top5", "mean_class_accuracy", "step"):
+    assert a[key] == b[key], key
+  chex.assert_trees_all_close(checkpoint.load_variables(straight),
+                              checkpoint.load_variables(interrupted), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--config.no_such_key=1", "no_such_key"),
+    ("--config.batch_size=eight", "batch_size"),
+    ("--config.optimizer.momentum=fast", "momentum"),
+])
+def test_bad_config_key_or_type_is_named(setup, flag, needle):
+  proc = _run(_cmd(setup, str(setup["root"] / "bad"), flag), timeout=120)
+  assert proc.returncode != 0
+  assert needle in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--config.mode=distill", "config.mode='distill'"),
+    ("--config.kd_method=attention", "config.kd_method='attention'"),
+    ("--config.teacher.width=16", "cannot align the student's 64-channel map"),
+    ("--config.teacher.name=resnet50", "does not fit config.teacher"),
+])
+def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
+  extra = [flag]
+  if "width=16" in flag:
+    extra.append(f"--config.teacher.checkpoint={setup['wide_teacher']}")
+  proc = _run(_cmd(setup, str(setup["root"] / "bad2"), *extra), timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_says_how_to_prepare(setup):
+  cmd = _cmd(setup, str(setup["root"] / "nodata"), "--config.data.data_dir=/nonexistent/minik")
+  proc = _run(cmd, timeout=120)
+  assert proc.returncode == 2
+  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_map_equals_sklearn():
+  sklearn_metrics = pytest.importorskip("sklearn.metrics")
+  rs = np.random.RandomState(0)
+  scores = rs.rand(60, 7)
+  targets = (rs.rand(60, 7) < 0.3).astype(np.float32)
+  targets[:, 3] = 0  # a class without positives is left out
+  scores[:10, 1] = 0.5  # ties
+  want = np.mean([sklearn_metrics.average_precision_score(targets[:, k], scores[:, k])
+                  for k in range(7) if targets[:, k].any()])
+  assert evaluate.mean_average_precision(scores, targets) == pytest.approx(want, rel=1e-9)
+
+
+def test_topk_and_mean_class_accuracy():
+  probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+  labels = np.array([1, 1, 0, 0])
+  assert evaluate.topk_accuracy(probs, labels, 1) == 0.5
+  assert evaluate.topk_accuracy(probs, labels, 2) == 0.75
+  # class 0: 1 of 2 right; class 1: 1 of 2 right.
+  assert evaluate.mean_class_accuracy(probs, labels) == 0.5
