@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Quiet TensorFlow's C++ start-up logs (tf.data runs on the host only).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test demo clean
 

@@ -131,6 +131,13 @@ def _save_json(path: str, payload: Dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def _save_variables(path, variables, config, num_classes) -> None:
+  """The student's variables for deployment / as a teacher (process 0 writes)."""
+  variables = _to_host(variables)  # replicated: every host holds a full copy
+  if jax.process_index() == 0:
+    var_io.save_variables(path, variables, _model_metadata(config, config.model, num_classes))
+
+
 def _to_host(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
@@ -285,8 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         if value is not None and value > best.get(config.eval_metric, -1.0):
           best = {config.eval_metric: value, "step": step}
           _save_json(os.path.join(workdir, BEST_FILE), best)
-          var_io.save_variables(best_path, _to_host(state.variables),
-                                _model_metadata(config, config.model, num_classes))
+          _save_variables(best_path, state.variables, config, num_classes)
       if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
         train_utils.save_state(manager, step, state)
       if stop.received is not None:
@@ -301,8 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return {"preempted": True, "step": int(state.step)}
 
   variables = _to_host(state.variables)
-  var_io.save_variables(os.path.join(workdir, var_io.VARIABLES_SUBDIR), variables,
-                        _model_metadata(config, config.model, num_classes))
+  _save_variables(os.path.join(workdir, var_io.VARIABLES_SUBDIR), variables, config,
+                  num_classes)
   results = dict(final_metrics)
   results.update({
       "mode": config.mode, "model": config.model.name, "resolution": student_resolution(config),

@@ -143,7 +143,11 @@ def test_step_compiles_once():
     traces.append(1)
     return step(*args)
 
-  fn = train_step.shard_train_step(counted, train_step.make_mesh())
+  mesh = train_step.make_mesh()
+  fn = train_step.shard_train_step(counted, mesh)
+  # Placed on the mesh as the trainer does, so the first step's inputs have the
+  # same shardings as its outputs.
+  state, tvars = train_step.replicate(state, mesh), train_step.replicate(tvars, mesh)
   for i in range(3):
     state, _ = fn(state, tvars, _batch(seed=i), jax.random.key(i))
   assert len(traces) == 1
@@ -163,8 +167,8 @@ def test_param_groups_and_lr_schedule():
   params = models.init_variables(student, jax.random.key(0), 1, 32)["params"]
   labels = optim.param_labels(params)
   assert labels["fc"] == {"kernel": "decay", "bias": "bias"}
-  assert labels["bn1"] == {"scale": "no_decay", "bias": "no_decay"}
-  assert labels["conv1"] == {"kernel": "decay"}
+  assert labels["backbone"]["bn1"] == {"scale": "no_decay", "bias": "no_decay"}
+  assert labels["backbone"]["conv1"] == {"kernel": "decay"}
   cfg = _opt_cfg(base_learning_rate=0.01, base_batch_size=64, momentum=0.0)
   sched = optim.learning_rate_schedule(cfg, 128, steps_per_epoch=10, num_train_steps=100)
   np.testing.assert_allclose(float(sched(0)), 0.02, rtol=1e-6)  # scaled with the batch
@@ -175,6 +179,7 @@ def test_param_groups_and_lr_schedule():
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(np.asarray(updates["fc"]["bias"]), -2.0, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(updates["bn1"]["scale"]), -1.0, rtol=1e-6)
-  want = -(1.0 + 1e-4 * np.asarray(params["conv1"]["kernel"]))
-  np.testing.assert_allclose(np.asarray(updates["conv1"]["kernel"]), want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates["backbone"]["bn1"]["scale"]), -1.0, rtol=1e-6)
+  want = -(1.0 + 1e-4 * np.asarray(params["backbone"]["conv1"]["kernel"]))
+  np.testing.assert_allclose(np.asarray(updates["backbone"]["conv1"]["kernel"]), want,
+                             rtol=1e-6)
