@@ -37,6 +37,27 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   return {name: statistics.median(v) for name, v in speeds.items()}
 
 
+def _figures(trained, results, out_dir, num_clips: int = 4):
+  """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo."""
+  from reskd_jax import checkpoint, input_pipeline, plots, train, visualize
+  cfg = trained["reskd"][0]
+  batch = next(input_pipeline.create_dataset(
+      cfg.data, cfg.data.eval_split, train=False, batch_size=num_clips,
+      num_classes=trained["reskd"][2]).as_numpy_iterator())
+  videos = input_pipeline.normalize(batch["video"][:, 0], cfg.data.mean, cfg.data.std)
+  models = {}
+  for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
+    run_cfg, workdir, num_classes = trained[run]
+    models[name] = (train.build_from_config(run_cfg.model, num_classes),
+                    checkpoint.load_variables(workdir))
+  paths = visualize.figure4(models, videos, out_dir)
+  points = {run: dict(r, label=f"{run} ({r['resolution']} px)") for run, r in results.items()}
+  paths["trade_off"] = plots.plot_tradeoff(
+      [points["reskd"]], os.path.join(out_dir, "trade_off.png"), teacher=points["teacher"],
+      baseline=points["baseline"], title="Demo: accuracy vs cost")
+  return paths
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +118,8 @@ def main(argv=None) -> int:
                f"fewer GFLOPs than the teacher")
   table = "\n".join(lines)
   print("\n" + table)
+  figures = _figures(trained, results, os.path.join(workdir, "figures"))
+  print("figures: " + ", ".join(sorted(figures.values())))
   out = os.path.join(workdir, "demo_results.json")
   with open(out + ".tmp", "w") as f:
     json.dump(results, f, indent=2)
