@@ -12,22 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def _median_time(fn, iters, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+from timing import median_time  # noqa: E402
 
 
 def main(argv=None):
@@ -75,7 +65,8 @@ def main(argv=None):
     video = rng.standard_normal((args.batch_size, args.frames, res, res, 3)).astype(np.float32)
     x = jax.device_put(jnp.asarray(video))
     fwd(variables, x).block_until_ready()  # compile
-    t_jax = _median_time(lambda: fwd(variables, x).block_until_ready(), args.iters, args.warmup)
+    t_jax, _ = median_time(lambda: fwd(variables, x).block_until_ready(), args.iters,
+                           args.warmup)
     t_torch = float("nan")
     if not args.skip_torch:
       tv = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy())
@@ -87,7 +78,7 @@ def main(argv=None):
       def run_torch():
         with torch.inference_mode():
           tmodel(tv)
-      t_torch = _median_time(run_torch, args.iters, args.warmup)
+      t_torch, _ = median_time(run_torch, args.iters, args.warmup)
     vj, vt = args.batch_size / t_jax, args.batch_size / t_torch
     results[res] = (vj, vt)
     print(f"{res:>5} {vj:>13.2f} {vt:>15.2f} {vj / vt:>9.2f}x")

@@ -19,25 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import median_time  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
-
-
-def _median_time(fn, iters, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
 
 
 def torch_step_fn(args, video_u8, labels):
@@ -177,11 +168,11 @@ def main(argv=None):
   t0 = time.perf_counter()
   first_loss_jax = j_step()  # compile + first step
   compile_s = time.perf_counter() - t0
-  t_jax, _ = _median_time(j_step, args.iters, max(0, args.warmup - 1))
+  t_jax, _ = median_time(j_step, args.iters, max(0, args.warmup - 1))
   first_loss_torch, t_torch = float("nan"), float("nan")
   if not args.skip_torch:
     first_loss_torch = t_step()
-    t_torch, _ = _median_time(t_step, args.iters, max(0, args.warmup - 1))
+    t_torch, _ = median_time(t_step, args.iters, max(0, args.warmup - 1))
   print(f"# ResKD step: R50 student @{args.student_res} <- {args.teacher_arch} teacher "
         f"@{args.teacher_res} (train-mode BN, no grad), CE + {args.kd_weight:g}*MSE, SGD; "
         f"batch {args.batch_size} videos x {args.frames} frames, float32")

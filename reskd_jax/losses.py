@@ -54,40 +54,33 @@ def pixel_feature_kd(student_features, teacher_features):
   return jnp.mean(jnp.square(student - teacher))
 
 
-def _kl_mean(student_logits, teacher_logits, temperature):
-  """KL(softmax(t/T) || softmax(s/T)) averaged over every element, times T^2.
+def _kl(student_logits, teacher_logits, temperature, per_element: bool):
+  """KL(softmax(t/T) || softmax(s/T)) times T^2, the teacher held constant.
 
-  PyTorch ``KLDivLoss(reduction="mean")`` averages over all elements
-  (positions x classes), which is what the authors' pixel-level logit KD uses.
+  ``per_element``: averaged over every element, positions x classes (PyTorch
+  ``KLDivLoss(reduction="mean")``, the authors' pixel-level logit KD);
+  otherwise summed over classes and averaged over the rest (Hinton's KD).
   """
   s = student_logits.astype(jnp.float32) / temperature
   t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
   log_p_s = jax.nn.log_softmax(s, axis=-1)
   log_p_t = jax.nn.log_softmax(t, axis=-1)
   kl = jnp.exp(log_p_t) * (log_p_t - log_p_s)
-  return jnp.mean(kl) * temperature**2
-
-
-def _kl_batchmean(student_logits, teacher_logits, temperature):
-  """Hinton KD: KL summed over classes, averaged over the other axes, times T^2."""
-  s = student_logits.astype(jnp.float32) / temperature
-  t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
-  log_p_s = jax.nn.log_softmax(s, axis=-1)
-  log_p_t = jax.nn.log_softmax(t, axis=-1)
-  kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+  if not per_element:
+    kl = jnp.sum(kl, axis=-1)
   return jnp.mean(kl) * temperature**2
 
 
 def clip_kd(student_logits, teacher_logits, temperature: float = 1.0):
   """Clip-level KD: KL between clip logits ``(B, K)`` (Table 5, first row)."""
   _check_same(student_logits, teacher_logits, "clip_kd", 2)
-  return _kl_batchmean(student_logits, teacher_logits, temperature)
+  return _kl(student_logits, teacher_logits, temperature, per_element=False)
 
 
 def frame_kd(student_frame_logits, teacher_frame_logits, temperature: float = 1.0):
   """Frame-level KD: KL on per-frame logits ``(B, T, K)``, averaged over B and T."""
   _check_same(student_frame_logits, teacher_frame_logits, "frame_kd", 3)
-  return _kl_batchmean(student_frame_logits, teacher_frame_logits, temperature)
+  return _kl(student_frame_logits, teacher_frame_logits, temperature, per_element=False)
 
 
 def pixel_logit_kd(student_position_logits, teacher_position_logits,
@@ -103,7 +96,7 @@ def pixel_logit_kd(student_position_logits, teacher_position_logits,
     raise ValueError(f"pixel_logit_kd: student {s.shape} and teacher {t.shape} must be "
                      f"(B, T, h, w, K) with equal B, T and K")
   s = resize_to(s.astype(jnp.float32), t.shape[2:4])
-  return _kl_mean(s, t, temperature)
+  return _kl(s, t, temperature, per_element=True)
 
 
 def _check_same(s, t, name, ndim):
