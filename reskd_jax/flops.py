@@ -103,9 +103,55 @@ def format_table(rows, reference=None) -> str:
     head += f" {'paper':>7} {'diff':>7}"
   lines = [head]
   for row in rows:
-    line = f"{row['resolution']:>10} {row['gflops']:>13.2f} {row.get('xla_gflops', float('nan')):>11.2f}"
+    xla = row.get("xla_gflops")
+    xla = f"{xla:>11.2f}" if xla is not None else f"{'-':>11}"
+    line = f"{row['resolution']:>10} {row['gflops']:>13.2f} {xla}"
     if reference and row["resolution"] in reference:
       ref = reference[row["resolution"]]
       line += f" {ref:>7.1f} {100 * (row['gflops'] - ref) / ref:>+6.1f}%"
     lines.append(line)
   return "\n".join(lines)
+
+
+# The paper's GFLOPs columns: Table 4 (ResNet-50 TSN, 16 frames) and
+# Table 2 (TSM ResNet-50, 8 frames).
+PAPER_TABLE4 = {224: 65.9, 144: 28.3, 112: 17.4, 96: 12.1, 72: 8.3, 56: 4.8}
+PAPER_TABLE2 = {224: 32.7, 112: 8.7}
+
+
+def main(argv=None) -> int:
+  """``python -m reskd_jax.flops``: the GFLOPs tables, beside the paper's figures."""
+  import argparse
+  import sys
+
+  from reskd_jax import models
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("--arch", default="resnet50")
+  parser.add_argument("--tsm", action="store_true")
+  parser.add_argument("--frames", type=int, default=None, help="default: 16 (TSN) / 8 (TSM)")
+  parser.add_argument("--resolutions", default=None,
+                      help="comma-separated; default: the paper's table for the model")
+  parser.add_argument("--num-classes", type=int, default=200)
+  parser.add_argument("--xla", action="store_true", help="also compile for XLA's count")
+  args = parser.parse_args(argv)
+  reference = PAPER_TABLE2 if args.tsm else PAPER_TABLE4
+  frames = args.frames or (8 if args.tsm else 16)
+  try:
+    resolutions = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
+                   else sorted(reference, reverse=True))
+    model = models.build_model(args.arch, args.num_classes, tsm=args.tsm, num_segments=frames)
+    variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), frames,
+                                                             max(resolutions)))
+    rows = gflops_table(model, variables, frames, resolutions, with_xla=args.xla)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  show_reference = args.arch == "resnet50" and frames == (8 if args.tsm else 16)
+  print(f"{'TSM ' if args.tsm else 'TSN '}{args.arch}, {frames} frames, GFLOPs per video "
+        f"(multiply-adds of conv and linear layers)")
+  print(format_table(rows, reference if show_reference else None))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -215,3 +215,11 @@ def test_gflops_rejects_too_small_resolution():
   model = models.build_model("resnet18", 5, **TINY)
   with pytest.raises(ValueError, match="resolution 16 is smaller than the model's total stride 32"):
     flops.gflops_table(model, _abstract_vars(model, 1, 32), 1, [16])
+
+
+def test_flops_command_prints_the_paper_table(capsys):
+  assert flops.main(["--tsm"]) == 0
+  out = capsys.readouterr().out
+  assert "32.70" in out and "8.61" in out and "32.7" in out  # ours beside the paper's
+  assert flops.main(["--resolutions=16"]) == 2
+  assert "16x16 is smaller than the backbone's total stride 32" in capsys.readouterr().err
