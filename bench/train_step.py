@@ -64,7 +64,9 @@ def main(argv=None):
   student = models.build_model(args.student, args.classes, input_size=args.student_res,
                                dtype=dtype)
   teacher = models.build_model(args.teacher, args.classes, dropout_rate=0.0, dtype=dtype)
-  svars = models.init_variables(student, jax.random.key(0), args.frames, args.student_res)
+  # Host copies: the two train states below must not share (donated) buffers.
+  svars = jax.tree.map(np.asarray, models.init_variables(student, jax.random.key(0), args.frames,
+                                                         args.student_res))
   tvars = models.init_variables(teacher, jax.random.key(1), args.frames, args.crop)
   opt = ml_collections.ConfigDict(dict(
       name="sgd", base_learning_rate=0.01, base_batch_size=64, momentum=0.9, nesterov=True,
