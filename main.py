@@ -75,7 +75,11 @@ def main(argv):
       from reskd_jax import profile
       resolutions = [int(r) for r in FLAGS.resolutions] if FLAGS.resolutions else None
       profile.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
-  except (train.ConfigError, FileNotFoundError) as e:
+  except (train.ConfigError, FileNotFoundError, ValueError) as e:
+    # Bad input (a config key, a data set, a checkpoint): one clear line.
+    # RESKD_DEBUG=1 shows the traceback.
+    if os.environ.get("RESKD_DEBUG"):
+      raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

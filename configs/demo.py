@@ -61,7 +61,7 @@ def get_config(arg="reskd"):
   config.optimizer.lr_by_epoch = False
   config.batch_size = 32
   config.eval_batch_size = 50
-  config.num_epochs = 30.0 if arg == "teacher" else 45.0
+  config.num_epochs = 50.0 if arg == "teacher" else 45.0  # the teacher must be strong
   config.log_every_steps = 50
   config.eval_every_epochs = 1000.0  # only at the end
   config.checkpoint_every_steps = 500

@@ -85,6 +85,16 @@ def check_config(config) -> None:
                         f"{n} devices")
 
 
+def check_splits(config, info, train: bool = True) -> None:
+  """Both splits must exist before hours of training, not at the first eval."""
+  keys = ("train_split", "eval_split") if train else ("eval_split",)
+  for key in keys:
+    split = config.data[key]
+    if split not in info.num_videos:
+      raise ConfigError(f"config.data.{key}={split!r} is not a split of "
+                        f"{config.data.data_dir!r} (it has {sorted(info.num_videos)})")
+
+
 def _num_classes(config, info) -> int:
   if config.num_classes in (-1, None):
     return info.num_classes
@@ -201,6 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Trains, evaluates, writes ``results.json``; returns the final eval metrics."""
   check_config(config)
   info = input_pipeline.dataset_info(config.data.data_dir)
+  check_splits(config, info)
   num_classes = _num_classes(config, info)
   os.makedirs(workdir, exist_ok=True)
   mesh = train_step.make_mesh()
@@ -323,6 +334,7 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   """``--mode=eval``: evaluates ``<workdir>/variables`` (or ``best_variables``)."""
   check_config(config)
   info = input_pipeline.dataset_info(config.data.data_dir)
+  check_splits(config, info, train=False)
   num_classes = _num_classes(config, info)
   model = build_from_config(config.model, num_classes, dtype=_dtype(config.dtype))
   variables = var_io.load_variables(workdir)

@@ -198,3 +198,14 @@ def test_topk_and_mean_class_accuracy():
   assert evaluate.topk_accuracy(probs, labels, 2) == 0.75
   # class 0: 1 of 2 right; class 1: 1 of 2 right.
   assert evaluate.mean_class_accuracy(probs, labels) == 0.5
+
+
+def test_unknown_split_and_bad_init_file_are_one_line_errors(setup):
+  proc = _run(_cmd(setup, str(setup["root"] / "bad3"), "--config.data.eval_split=test",
+                   "--config.num_train_steps=1"), timeout=180)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "config.data.eval_split='test'" in proc.stderr and "Traceback" not in proc.stderr
+  proc = _run(_cmd(setup, str(setup["root"] / "bad4"),
+                   f"--config.model.init_from={setup['root'] / 'missing_weights'}"), timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "missing_weights" in proc.stderr and "Traceback" not in proc.stderr
