@@ -166,28 +166,32 @@ def _model_metadata(config, model_cfg, num_classes) -> Dict[str, Any]:
           "source": "reskd_jax.train", "mode": config.mode}
 
 
-def _eval_setup(config, model, mesh, num_classes):
-  eval_model = models.with_bn_axis(model, None)
-  step = train_step.make_eval_step(model=eval_model, mean=config.data.mean, std=config.data.std,
-                                   dtype=_dtype(config.dtype))
-  fn = train_step.shard_eval_step(step, mesh)
-  per_host = config.eval_batch_size // jax.process_count()
+class Evaluator:
+  """Multi-view evaluation on the eval split; the step and data set are built once.
 
-  def batches():
-    ds = input_pipeline.create_dataset(config.data, config.data.eval_split, train=False,
-                                       batch_size=per_host, num_classes=num_classes)
-    return ds.as_numpy_iterator()
+  Calling it with the (replicated) variables returns the metrics; periodic
+  evaluations reuse the compiled step and the tf.data pipeline.
+  """
 
-  def put(batch):
-    return input_pipeline.make_global_batch(batch, mesh, jax.sharding.PartitionSpec("data"))
+  def __init__(self, config, model, mesh, num_classes: int, multi_label: bool):
+    step = train_step.make_eval_step(model=models.with_bn_axis(model, None),
+                                     mean=config.data.mean, std=config.data.std,
+                                     dtype=_dtype(config.dtype))
+    self._fn = train_step.shard_eval_step(step, mesh)
+    self._dataset = input_pipeline.create_dataset(
+        config.data, config.data.eval_split, train=False,
+        batch_size=config.eval_batch_size // jax.process_count(), num_classes=num_classes)
+    self._spec = jax.sharding.PartitionSpec(train_step.AXIS)
+    self._mesh = mesh
+    self._multi_label = multi_label
+    self._max_batches = config.num_eval_steps
 
-  return fn, batches, put
+  def _put(self, batch):
+    return input_pipeline.make_global_batch(batch, self._mesh, self._spec)
 
-
-def run_eval(config, model, variables, mesh, num_classes, multi_label) -> Dict[str, float]:
-  fn, batches, put = _eval_setup(config, model, mesh, num_classes)
-  return evaluate.evaluate(fn, variables, batches(), put, multi_label,
-                           max_batches=config.num_eval_steps)
+  def __call__(self, variables) -> Dict[str, float]:
+    return evaluate.evaluate(self._fn, variables, self._dataset.as_numpy_iterator(), self._put,
+                             self._multi_label, max_batches=self._max_batches)
 
 
 def _gflops(config, model, variables) -> float:
@@ -265,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       num_classes=num_classes, seed=config.seed, start_step=start_step)
   batches = input_pipeline.prefetch_to_mesh(train_ds, mesh)
 
+  evaluator = Evaluator(config, student, mesh, num_classes, info.multi_label)
   writer = train_utils.create_metric_writer(workdir)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items()
@@ -292,8 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",
                                                        "accuracy")})
       if step % eval_every == 0 or step == num_train_steps:
-        final_metrics = run_eval(config, student, state.variables, mesh, num_classes,
-                                 info.multi_label)
+        final_metrics = evaluator(state.variables)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in final_metrics.items()
                                     if k in EVAL_METRICS})
         print(f"[eval] step {step}: " + " ".join(
@@ -339,8 +343,8 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   model = build_from_config(config.model, num_classes, dtype=_dtype(config.dtype))
   variables = var_io.load_variables(workdir)
   mesh = train_step.make_mesh()
-  metrics = run_eval(config, model, train_step.replicate(variables, mesh), mesh, num_classes,
-                     info.multi_label)
+  metrics = Evaluator(config, model, mesh, num_classes, info.multi_label)(
+      train_step.replicate(variables, mesh))
   metrics.update({"mode": "eval", "model": config.model.name,
                   "resolution": student_resolution(config),
                   "num_frames": input_pipeline.frames_per_clip(config.data),
