@@ -308,10 +308,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           best = {config.eval_metric: value, "step": step}
           _save_json(os.path.join(workdir, BEST_FILE), best)
           _save_variables(best_path, state.variables, config, num_classes)
-      if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
+      saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
+      if saved:
         train_utils.save_state(manager, step, state)
       if stop.received is not None:
-        train_utils.save_state(manager, step, state, force=True)
+        if not saved:
+          train_utils.save_state(manager, step, state, force=True)
         preempted = True
         break
   manager.wait_until_finished()
@@ -321,6 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           f"resume from {workdir}", flush=True)
     return {"preempted": True, "step": int(state.step)}
 
+  if not final_metrics:  # resumed after the last step: nothing ran, evaluate once
+    final_metrics = evaluator(state.variables)
   variables = _to_host(state.variables)
   _save_variables(os.path.join(workdir, var_io.VARIABLES_SUBDIR), variables, config,
                   num_classes)

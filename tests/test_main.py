@@ -209,3 +209,16 @@ def test_unknown_split_and_bad_init_file_are_one_line_errors(setup):
                    f"--config.model.init_from={setup['root'] / 'missing_weights'}"), timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "missing_weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rerun_of_a_finished_run_keeps_its_results(setup):
+  workdir = str(setup["root"] / "finished")
+  steps = ["--config.num_train_steps=2", "--config.mode=baseline"]
+  assert _run(_cmd(setup, workdir, *steps)).returncode == 0
+  first = json.load(open(os.path.join(workdir, "results.json")))
+  proc = _run(_cmd(setup, workdir, *steps))  # resumes at the last step: nothing to train
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "[train] step" not in proc.stdout
+  second = json.load(open(os.path.join(workdir, "results.json")))
+  for key in ("top1", "top5", "mean_class_accuracy", "step"):
+    assert second[key] == first[key], key
