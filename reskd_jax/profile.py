@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import flops
-from reskd_jax.models import build_model
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,15 +49,9 @@ def _cfg_get(cfg, key, default=None):
 
 def build_student(config, dtype=jnp.float32):
   """``config.model`` without the in-model resize, at compute ``dtype``."""
-  m = config.model
-  tsm = bool(_cfg_get(m, "tsm", False))
-  stage_sizes = _cfg_get(m, "stage_sizes", None)
-  return build_model(
-      m.name, config.num_classes, tsm=tsm,
-      num_segments=int(config.data.num_frames) if tsm else None,
-      strides=tuple(_cfg_get(m, "strides", (1, 2, 2, 2))), width=int(_cfg_get(m, "width", 64)),
-      stage_sizes=tuple(stage_sizes) if stage_sizes else None,
-      stem=_cfg_get(m, "stem", "imagenet"), dtype=dtype)
+  from reskd_jax import train  # the one builder of models from configs
+  return train.build_from_config(config.model, config.num_classes, dtype=dtype).clone(
+      input_size=None)
 
 
 def random_variables(model, num_frames: int, seed: int = 0) -> Dict[str, Any]:
