@@ -1,4 +1,4 @@
-"""Flax Linen video backbones: ResNet (torchvision layout), TSM and a TSN head.
+"""Flax Linen 2D video backbones: ResNet (torchvision layout), TSM and a TSN head.
 
 Everything is NHWC. Convolutions and the stem max-pool use explicit symmetric
 padding, so that converted PyTorch weights give the same outputs (Flax's
