@@ -59,8 +59,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Hide accelerators from TensorFlow: tf.data runs on the host CPU and must
   # not reserve GPU memory.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
+  from reskd_jax import input_pipeline
+  input_pipeline.hide_gpus_from_tf()
   _maybe_initialize_distributed()
   import jax
   from reskd_jax import train

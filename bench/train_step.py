@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reskd_jax import models, optim, train_step  # noqa: E402
+from reskd_jax import augment, models, optim, train_step  # noqa: E402
 
 
 def _peak_mb():
@@ -72,15 +72,15 @@ def main(argv=None):
       name="sgd", base_learning_rate=0.01, base_batch_size=64, momentum=0.9, nesterov=True,
       weight_decay=1e-4, bias_lr_mult=2.0, clip_grad_norm=20.0, warmup_epochs=0.0))
   tx = optim.create_optimizer(opt, svars["params"], lambda s: 0.01)
-  common = dict(student=student, tx=tx, mean=(123.675, 116.28, 103.53),
-                std=(58.395, 57.12, 57.375), flip=True, dtype=dtype)
+  common = dict(student=student, tx=tx, mean=augment.IMAGENET_MEAN,
+                std=augment.IMAGENET_STD, flip=True, dtype=dtype)
   kd_step = train_step.shard_train_step(
       train_step.make_train_step(mode="reskd", teacher=teacher, **common), mesh)
   ce_step = train_step.shard_train_step(train_step.make_train_step(mode="baseline", **common),
                                         mesh)
 
   def teacher_fwd(tv, batch):
-    video = train_step.preprocess(batch["video"], jax.random.key(0), mean=common["mean"],
+    video = augment.preprocess(batch["video"], jax.random.key(0), mean=common["mean"],
                                   std=common["std"], flip=False, dtype=dtype)
     out, _ = teacher.apply(tv, video, train=True, return_dict=True, mutable=["batch_stats"])
     return jnp.mean(out["features"])  # keep the whole forward live

@@ -27,8 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from timing import median_time  # noqa: E402
 
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+from reskd_jax.augment import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD  # noqa: E402
 
 
 def torch_step_fn(args, video_u8, labels):

@@ -7,6 +7,8 @@ authors' release (see README, "Faithfulness").
 
 import ml_collections
 
+from reskd_jax import augment
+
 
 def get_data_config() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
@@ -27,8 +29,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.scales = (1.0, 0.875, 0.75, 0.66)
   data.max_wh_scale_gap = 1
   data.flip = True  # False for Something-Something (left/right is in the label)
-  data.mean = (123.675, 116.28, 103.53)
-  data.std = (58.395, 57.12, 57.375)
+  data.mean = augment.IMAGENET_MEAN
+  data.std = augment.IMAGENET_STD
   # Test: short side `short_side`, `test_num_crops` crops of `crop_size` (1: centre).
   data.test_num_clips = 1
   data.test_num_crops = 1

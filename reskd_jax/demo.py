@@ -39,12 +39,12 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
 
 def _figures(trained, results, out_dir, num_clips: int = 4):
   """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo."""
-  from reskd_jax import checkpoint, input_pipeline, plots, train, visualize
+  from reskd_jax import augment, checkpoint, input_pipeline, plots, train, visualize
   cfg = trained["reskd"][0]
   batch = next(input_pipeline.create_dataset(
       cfg.data, cfg.data.eval_split, train=False, batch_size=num_clips,
       num_classes=trained["reskd"][2]).as_numpy_iterator())
-  videos = input_pipeline.normalize(batch["video"][:, 0], cfg.data.mean, cfg.data.std)
+  videos = augment.normalize(batch["video"][:, 0], cfg.data.mean, cfg.data.std)
   models = {}
   for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
     run_cfg, workdir, num_classes = trained[run]

@@ -6,7 +6,7 @@ What runs where
   sampling, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
   uint8.
-* Accelerator (the trainer, with `normalize` and `random_flip` below):
+* Accelerator (the trainer, with `reskd_jax.augment.normalize` and `random_flip`):
   horizontal flip (dm-pix) and mean/std normalisation. Sending uint8 moves 4x
   fewer bytes host->device than float32, and these per-pixel photometric ops
   are nearly free on the accelerator while they would cost host CPU, which is
@@ -45,9 +45,7 @@ import math
 import os
 from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
 
-import dm_pix
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
@@ -323,7 +321,7 @@ def _options() -> tf.data.Options:
   return options
 
 
-def _hide_gpus_from_tf() -> None:
+def hide_gpus_from_tf() -> None:
   """Keeps TF off the accelerators (it would otherwise reserve their memory)."""
   try:
     tf.config.set_visible_devices([], "GPU")
@@ -352,7 +350,7 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   _validate_config(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  _hide_gpus_from_tf()
+  hide_gpus_from_tf()
   index, count = _resolve_process(process_index, process_count)
   manifest = records.read_manifest(data_cfg.data_dir)
   files = _split_files(data_cfg.data_dir, manifest, split)
@@ -479,27 +477,6 @@ def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, i
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
   return ds.prefetch(AUTOTUNE)
-
-
-# ----------------------------------------------------------------------------
-# On-device helpers (pure jnp; call them inside the jitted train / eval step).
-
-
-def normalize(video, mean: Sequence[float], std: Sequence[float]):
-  """uint8 video [..., 3] -> float32 (video - mean) / std, per channel (0-255 RGB stats)."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (video.astype(jnp.float32) - mean) / std
-
-
-def random_flip(rng, video, probability: float = 0.5):
-  """Left-right flips each video of a batch [B, ..., H, W, C] with `probability` (dm-pix).
-
-  All frames (and views) of one video get the same flip.
-  """
-  keys = jax.random.split(rng, video.shape[0])
-  return jax.vmap(lambda k, v: dm_pix.random_flip_left_right(k, v, probability=probability))(
-      keys, video)
 
 
 # ----------------------------------------------------------------------------

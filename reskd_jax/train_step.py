@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reskd_jax import losses
+from reskd_jax import augment, losses
 
 AXIS = "data"
 MODES = ("teacher", "baseline", "reskd")
@@ -51,14 +51,6 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), (AXIS,))
 
 
-def preprocess(video, rng, *, mean, std, flip: bool, dtype=jnp.float32):
-  """On-device: per-video random horizontal flip (training) and normalisation."""
-  from reskd_jax import input_pipeline  # the data side owns these transforms
-  if flip:
-    video = input_pipeline.random_flip(rng, video)
-  return input_pipeline.normalize(video, mean, std).astype(dtype)
-
-
 def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "pixel_feature",
                     kd_weight: float = 100.0, kd_temperature: float = 1.0,
                     teacher_train_mode_bn: bool = True, label_smoothing: float = 0.0,
@@ -81,7 +73,7 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
   def step(state: TrainState, teacher_vars, batch, rng):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
     flip_rng, dropout_rng = jax.random.split(rng)
-    video = preprocess(batch["video"], flip_rng, mean=mean, std=std, flip=flip, dtype=dtype)
+    video = augment.preprocess(batch["video"], flip_rng, mean=mean, std=std, flip=flip, dtype=dtype)
     labels = batch["label"]
 
     teacher_out = None
@@ -153,7 +145,7 @@ def make_eval_step(*, model, mean, std, dtype=jnp.float32) -> Callable:
     video = batch["video"]
     b, v = video.shape[:2]
     flat = video.reshape((b * v,) + video.shape[2:])
-    flat = preprocess(flat, None, mean=mean, std=std, flip=False, dtype=dtype)
+    flat = augment.preprocess(flat, None, mean=mean, std=std, flip=False, dtype=dtype)
     logits = model.apply(variables, flat, train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.mean(probs.reshape(b, v, -1), axis=1)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import default
+from reskd_jax import augment
 from reskd_jax import input_pipeline as ip
 from reskd_jax import records
 from reskd_jax import sampling
@@ -500,14 +501,14 @@ def test_bad_data_gives_clear_errors(data_dir):
 def test_normalize():
   video = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8)
   mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-  out = jax.jit(ip.normalize, static_argnums=(1, 2))(video, mean, std)
+  out = jax.jit(augment.normalize, static_argnums=(1, 2))(video, mean, std)
   chex.assert_type(out, jnp.float32)
   np.testing.assert_allclose(out, (video.astype(np.float64) - mean) / std, rtol=1e-5, atol=1e-5)
 
 
 def test_random_flip_per_video():
   video = np.random.default_rng(0).integers(0, 256, (64, 3, 4, 5, 3), dtype=np.uint8)
-  flip = jax.jit(ip.random_flip)
+  flip = jax.jit(augment.random_flip)
   out = np.asarray(flip(jax.random.key(0), video))
   flipped = []
   for b in range(64):
