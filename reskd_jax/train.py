@@ -24,6 +24,7 @@ import numpy as np
 from reskd_jax import checkpoint as var_io
 from reskd_jax import evaluate, flops, input_pipeline, losses, models, optim, train_step
 from reskd_jax import train_utils
+from reskd_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 RESULTS_FILE = "results.json"
 BEST_VARIABLES = "best_variables"
@@ -31,8 +32,6 @@ BEST_FILE = "best.json"
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key."""
 
 
 def _dtype(name: str):
