@@ -2,5 +2,5 @@
 from configs import default
 
 
-def get_config():
-  return default.teacher_run("activitynet", "resnet152")
+def get_config(arg=None):
+  return default.apply_variant(default.teacher_run("activitynet", "resnet152"), arg)

@@ -162,3 +162,49 @@ def baseline_run(name: str, resolution: int = 112) -> ml_collections.ConfigDict:
   config.mode = "baseline"
   config.model.input_size = resolution
   return config
+
+
+# ----------------------------------------------------------------------------
+# Variants selected on the command line, big_vision style:
+#   --config=configs/minik_r50_112.py:tiny
+# Every config file's `get_config(arg=None)` ends with `apply_variant(config, arg)`.
+
+VARIANTS = ("tiny",)
+
+
+def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a run for tests and smoke runs on a CPU: tiny nets, 32 px crops, 4 frames.
+
+  The teacher and student keep their roles (the student still sees half the
+  teacher's resolution); point `data.data_dir` and `teacher.checkpoint` at
+  tiny data and weights.
+  """
+  for block in (config.model, config.teacher):
+    if block.name.startswith("resnet"):
+      block.name = "resnet18"
+      block.width = 8
+      block.stage_sizes = (1, 1, 1, 1)
+      block.stem = "small"
+  if config.model.input_size is not None:
+    config.model.input_size = 16
+  config.data.num_frames = 4
+  config.data.short_side = 36
+  config.data.crop_size = 32
+  config.data.shuffle_buffer = 16
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 100
+  config.profile.resolutions = (32, 16)
+  config.profile.batch_size = 2
+  config.profile.timed_runs = 1
+  return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
+  """Applies the `:variant` suffix of `--config=FILE.py:variant` (None: unchanged)."""
+  if arg in (None, ""):
+    return config
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown config variant {arg!r}; expected one of {VARIANTS}")
+  return globals()[arg](config)

@@ -2,5 +2,5 @@
 from configs import default
 
 
-def get_config():
-  return default.for_dataset("fcvid")
+def get_config(arg=None):
+  return default.apply_variant(default.for_dataset("fcvid"), arg)

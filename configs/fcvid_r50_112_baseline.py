@@ -2,5 +2,5 @@
 from configs import default
 
 
-def get_config():
-  return default.baseline_run("fcvid", 112)
+def get_config(arg=None):
+  return default.apply_variant(default.baseline_run("fcvid", 112), arg)

@@ -7,5 +7,5 @@ a converted release file (`python -m reskd_jax.convert`).
 from configs import default
 
 
-def get_config():
-  return default.for_dataset("minik")
+def get_config(arg=None):
+  return default.apply_variant(default.for_dataset("minik"), arg)

@@ -2,11 +2,11 @@
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.for_dataset("ssv2")
   config.model.tsm = True
   config.teacher = default.get_model_config("resnet50", input_size=None)
   config.teacher.tsm = True
   config.teacher.checkpoint = "runs/ssv2_resnet50_224"
   config.teacher.train_mode_bn = True
-  return config
+  return default.apply_variant(config, arg)

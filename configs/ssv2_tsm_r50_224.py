@@ -2,7 +2,7 @@
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.teacher_run("ssv2", "resnet50")
   config.model.tsm = True
-  return config
+  return default.apply_variant(config, arg)
