@@ -7,7 +7,11 @@ setup(
     version="0.1.0",
     description="ResKD (cross-resolution knowledge distillation for efficient video "
                 "recognition) in JAX/Flax",
-    packages=find_packages(include=["reskd_jax", "reskd_jax.*", "data_prep", "data_prep.*", "configs"]),
+    license="Apache-2.0",
+    # configs/ is not installed: config files are loaded by path (`--config=configs/...`)
+    # and import `configs.default` from the checkout's root (`python main.py`, `make test`,
+    # `make demo` all run there).
+    packages=find_packages(include=["reskd_jax", "reskd_jax.*", "data_prep", "data_prep.*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.8.0",
