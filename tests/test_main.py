@@ -18,19 +18,11 @@ from reskd_jax import checkpoint, evaluate, models, records
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
 
-# configs/minik_r50_112.py shrunk: tiny nets, 32 px crops, 16 px student.
-SHRINK = [
-    "--config.model.name=resnet18", "--config.model.width=8",
-    "--config.model.stage_sizes=(1,1,1,1)", "--config.model.stem=small",
-    "--config.model.input_size=16",
-    "--config.teacher.name=resnet18", "--config.teacher.width=8",
-    "--config.teacher.stage_sizes=(1,1,1,1)", "--config.teacher.stem=small",
-    f"--config.num_classes={NUM_CLASSES}", f"--config.data.num_frames={FRAMES}",
-    "--config.data.short_side=36", "--config.data.crop_size=32",
-    "--config.data.shuffle_buffer=16", "--config.data.eval_split=val",
-    "--config.batch_size=8", "--config.eval_batch_size=8", "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=100",
-]
+# Every run is configs/minik_r50_112.py with its `:tiny` variant (configs/default.py `tiny`:
+# resnet18 nets of width 8, one block per stage, 3x3/2 stem; 32 px crops, a 16 px student,
+# 4 frames, batches of 8); the data and the teacher file below are made to fit it.
+CONFIG = "configs/minik_r50_112.py:tiny"
+SHRINK = [f"--config.num_classes={NUM_CLASSES}"]
 
 
 def _write_split(root, split, num_videos, rs):
@@ -74,7 +66,7 @@ def setup(tmp_path_factory):
   return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir}
 
 
-def _cmd(setup, workdir, *extra, config="configs/minik_r50_112.py"):
+def _cmd(setup, workdir, *extra, config=CONFIG):
   return [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
           f"--config.data.data_dir={setup['data']}",
           f"--config.teacher.checkpoint={setup['teacher']}", *SHRINK, *extra]

@@ -41,14 +41,11 @@ def _check_png(path, width, height):
 
 
 def _tiny_config(resolutions):
-  config = default_config.get_config()
+  """The `:tiny` preset (resnet18, width 8, one block per stage, 3x3/2 stem), 2 frames."""
+  config = default_config.tiny(default_config.get_config())
   config.num_classes = 5
-  config.model.name = "resnet18"
-  config.model.width = 8
-  config.model.stage_sizes = (1, 1, 1, 1)
   config.data.num_frames = 2
   config.profile.resolutions = resolutions
-  config.profile.batch_size = 2
   config.profile.timed_runs = 2
   return config
 
@@ -73,8 +70,8 @@ def test_run_profile_writes_rows(tmp_path, capsys):
 
 
 def test_run_profile_refuses_impossible_resolution(tmp_path):
-  config = _tiny_config((64, 16))
-  with pytest.raises(ValueError, match=r"\[16\] smaller than the total stride 32"):
+  config = _tiny_config((32, 8))
+  with pytest.raises(ValueError, match=r"\[8\] smaller than the total stride 16"):
     profile.run_profile(config, str(tmp_path))
   assert not (tmp_path / "profile.json").exists()
 
