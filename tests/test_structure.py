@@ -56,7 +56,9 @@ def test_runtime_package_imports_no_torch():
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *everything], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+  last = (proc.stderr.strip().splitlines() or [""])[-1]
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+      f"{last}\n{proc.stderr[-3000:]}")
 
 
 def _imported_modules(path: str):
