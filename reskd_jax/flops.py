@@ -16,6 +16,8 @@ from typing import Dict, Iterable, List
 import jax
 import jax.numpy as jnp
 
+from reskd_jax import models
+
 
 def _sub_jaxprs(params):
   for value in params.values():
@@ -87,7 +89,7 @@ def gflops_table(model, variables, num_frames: int, resolutions: Iterable[int],
   """:func:`video_gflops` for each resolution; raises a clear error for a
   resolution the model cannot take."""
   rows = []
-  stride = model.backbone.total_stride
+  stride = models.min_resolution(model)
   for r in resolutions:
     r = int(r)
     if r < stride:
@@ -124,7 +126,6 @@ def main(argv=None) -> int:
   import argparse
   import sys
 
-  from reskd_jax import models
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("--arch", default="resnet50")
   parser.add_argument("--tsm", action="store_true")
