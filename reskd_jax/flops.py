@@ -98,19 +98,30 @@ def gflops_table(model, variables, num_frames: int, resolutions: Iterable[int],
   return rows
 
 
-def format_table(rows, reference=None) -> str:
-  """A plain-text table; ``reference`` maps resolution -> paper GFLOPs."""
-  head = f"{'resolution':>10} {'GFLOPs/video':>13} {'XLA GFLOPs':>11}"
+def format_table(rows, reference=None, views: int = 1) -> str:
+  """A plain-text table; ``reference`` maps resolution -> paper GFLOPs per video.
+
+  With ``views > 1`` (multi-view testing: clips x crops) the GFLOPs per video
+  are ``views`` times those of one view, and both are shown.
+  """
+  head = f"{'resolution':>10}"
+  if views > 1:
+    head += f" {'GFLOPs/view':>12}"
+  head += f" {'GFLOPs/video':>13} {'XLA GFLOPs':>11}"
   if reference:
     head += f" {'paper':>7} {'diff':>7}"
   lines = [head]
   for row in rows:
     xla = row.get("xla_gflops")
-    xla = f"{xla:>11.2f}" if xla is not None else f"{'-':>11}"
-    line = f"{row['resolution']:>10} {row['gflops']:>13.2f} {xla}"
+    xla = f"{xla * views:>11.2f}" if xla is not None else f"{'-':>11}"
+    per_video = row["gflops"] * views
+    line = f"{row['resolution']:>10}"
+    if views > 1:
+      line += f" {row['gflops']:>12.2f}"
+    line += f" {per_video:>13.2f} {xla}"
     if reference and row["resolution"] in reference:
       ref = reference[row["resolution"]]
-      line += f" {ref:>7.1f} {100 * (row['gflops'] - ref) / ref:>+6.1f}%"
+      line += f" {ref:>7.1f} {100 * (per_video - ref) / ref:>+6.1f}%"
     lines.append(line)
   return "\n".join(lines)
 
@@ -119,6 +130,10 @@ def format_table(rows, reference=None) -> str:
 # Table 2 (TSM ResNet-50, 8 frames).
 PAPER_TABLE4 = {224: 65.9, 144: 28.3, 112: 17.4, 96: 12.1, 72: 8.3, 56: 4.8}
 PAPER_TABLE2 = {224: 32.7, 112: 8.7}
+# Table 3 (other architectures): GFLOPs per video over the test views (clips x crops).
+PAPER_TABLE3 = {
+    "slowonly_r50": {"frames": 8, "views": 30, "gflops": {224: 1260.0, 112: 332.0}},
+}
 
 
 def main(argv=None) -> int:
@@ -127,30 +142,48 @@ def main(argv=None) -> int:
   import sys
 
   parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("--arch", default="resnet50")
+  parser.add_argument("--arch", default="resnet50", help=f"one of {', '.join(models.names())}")
   parser.add_argument("--tsm", action="store_true")
-  parser.add_argument("--frames", type=int, default=None, help="default: 16 (TSN) / 8 (TSM)")
+  parser.add_argument("--frames", type=int, default=None,
+                      help="default: 16 (TSN) / 8 (TSM) / Table 3's for its architectures")
+  parser.add_argument("--views", type=int, default=None,
+                      help="test views per video (clips x crops); default: Table 3's (30 "
+                           "for SlowOnly), else 1")
   parser.add_argument("--resolutions", default=None,
                       help="comma-separated; default: the paper's table for the model")
-  parser.add_argument("--num-classes", type=int, default=200)
+  parser.add_argument("--num-classes", type=int, default=None,
+                      help="default: 400 for Table 3's architectures, else 200")
   parser.add_argument("--xla", action="store_true", help="also compile for XLA's count")
   args = parser.parse_args(argv)
-  reference = PAPER_TABLE2 if args.tsm else PAPER_TABLE4
-  frames = args.frames or (8 if args.tsm else 16)
+  table3 = PAPER_TABLE3.get(args.arch)
+  if table3 is not None:
+    reference, frames, views = table3["gflops"], table3["frames"], table3["views"]
+  else:
+    reference = PAPER_TABLE2 if args.tsm else PAPER_TABLE4
+    frames, views = (8 if args.tsm else 16), 1
+  show_reference = ((args.frames in (None, frames)) and (args.views in (None, views))
+                    and (table3 is not None or args.arch == "resnet50"))
+  frames = args.frames or frames
+  views = args.views or views
+  num_classes = args.num_classes or (400 if table3 is not None else 200)
   try:
+    models.check_name(args.arch, "--arch")
     resolutions = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
                    else sorted(reference, reverse=True))
-    model = models.build_model(args.arch, args.num_classes, tsm=args.tsm, num_segments=frames)
+    options = {"tsm": True, "num_segments": frames} if args.tsm else {}
+    model = models.build_model(args.arch, num_classes, **options)
     variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), frames,
                                                              max(resolutions)))
     rows = gflops_table(model, variables, frames, resolutions, with_xla=args.xla)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  show_reference = args.arch == "resnet50" and frames == (8 if args.tsm else 16)
-  print(f"{'TSM ' if args.tsm else 'TSN '}{args.arch}, {frames} frames, GFLOPs per video "
-        f"(multiply-adds of conv and linear layers)")
-  print(format_table(rows, reference if show_reference else None))
+  if table3 is not None:
+    title = f"{args.arch}, {frames} frames x {views} views (Table 3)"
+  else:
+    title = f"{'TSM ' if args.tsm else 'TSN '}{args.arch}, {frames} frames"
+  print(f"{title}, GFLOPs per video (multiply-adds of conv and linear layers)")
+  print(format_table(rows, reference if show_reference else None, views=views))
   return 0
 
 

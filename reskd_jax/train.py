@@ -227,9 +227,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                             num_classes)
 
   steps_per_epoch, num_train_steps = _steps(config, info)
-  schedule = optim.learning_rate_schedule(config.optimizer, config.batch_size, steps_per_epoch,
-                                          num_train_steps,
-                                          by_epoch=config.optimizer.get("lr_by_epoch", True))
+  # With gradient accumulation the schedule counts optimizer updates, `step` micro-batches.
+  accum = optim.grad_accum_steps(config.optimizer)
+  schedule = optim.learning_rate_schedule(
+      config.optimizer, *optim.schedule_steps(config.optimizer, config.batch_size,
+                                              steps_per_epoch, num_train_steps),
+      by_epoch=config.optimizer.get("lr_by_epoch", True))
   tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
   state = train_step.create_train_state(variables, tx)
 
@@ -276,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       history.append(metrics)
       if step % config.log_every_steps == 0 or step == num_train_steps:
         summary = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
-        summary["learning_rate"] = float(schedule(step - 1))
+        summary["learning_rate"] = float(schedule((step - 1) // accum))
         history = []
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",
