@@ -99,6 +99,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.lr_by_epoch = True  # mmcv CosineAnnealing(by_epoch=True)
   config.optimizer.name = "sgd"  # or "adamw"
+  config.optimizer.schedule = "cosine"  # or "step": x lr_step_gamma at each of lr_step_epochs
+  config.optimizer.lr_step_epochs = ml_collections.FieldReference((), field_type=tuple)
+  config.optimizer.lr_step_gamma = 0.1
+  config.optimizer.backbone_lr_mult = 1.0  # lr factor of everything but the classifier `fc`
+  # Micro-batches per optimizer update (optax.MultiSteps): the global batch of an update is
+  # batch_size x grad_accum_steps; the schedule counts updates.
+  config.optimizer.grad_accum_steps = 1
 
   config.batch_size = 64  # global, videos
   config.num_epochs = 100.0

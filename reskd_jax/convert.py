@@ -12,6 +12,8 @@ Command line (writes a variables directory, see ``reskd_jax.checkpoint``)::
         --input=tsn_r152_minik.pth --output=weights/r152_minik
     python -m reskd_jax.convert --format=mmaction --arch=slowonly_r50 \\
         --input=slowonly_r50_8x8x1_k400.pth --output=weights/slowonly_r50_k400
+    python -m reskd_jax.convert --format=torchvision --arch=slowonly_r50 \\
+        --input=resnet50-11ad3fa6.pth --output=weights/r50_imagenet_slowonly  # inflated
 
 Mapping: conv ``O, I, *kernel -> *kernel, I, O`` (2D and 3D); linear ``(K, C)
 -> kernel (C, K)``; BN ``weight -> scale``, ``bias -> bias``, ``running_mean ->
@@ -19,7 +21,8 @@ mean``, ``running_var -> var``; ``num_batches_tracked`` is ignored. For 2D
 ResNets, mmaction2 names (``backbone.layer1.0.conv1.conv.weight``,
 ``...conv1.bn.*``, TSM's ``...conv1.net.conv.weight``, ``downsample.conv/bn``,
 ``cls_head.fc_cls.*``) are first renamed to torchvision's; SlowOnly keeps
-mmaction2's names. Which families and formats exist: :data:`FAMILY_WEIGHTS`
+mmaction2's names, and a torchvision ResNet-50 given for SlowOnly is inflated
+(:func:`inflate_torchvision`). Which families and formats exist: :data:`FAMILY_WEIGHTS`
 (the architecture names come from ``reskd_jax.models``).
 """
 
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import checkpoint, models
+from reskd_jax.models import slowonly
 from reskd_jax.errors import CheckpointError
 
 FORMATS = ("torchvision", "mmaction")
@@ -259,7 +263,54 @@ def _slowonly_name(path: Tuple[str, ...]) -> Tuple[str, str]:
   return f"{prefix}.bn.{inverse[leaf]}", "plain"
 
 
+_TV_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
+_TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d)\.(.+)$")
+_TV_DOWN = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)$")
+
+
+def inflate_torchvision(sd: Mapping[str, Any], arch: str) -> Dict[str, Any]:
+  """A torchvision 2D ResNet state dict -> SlowOnly (mmaction2) names, convs inflated.
+
+  As mmaction2's ``ResNet3d.inflate_weights`` (``pretrained2d=True``, how the
+  released SlowOnly runs start from ImageNet): a 2D kernel ``(O, I, h, w)``
+  becomes ``(O, I, t, h, w)``, repeated over ``t`` and divided by ``t`` (t = 3
+  for the conv1 of the inflated stages, else 1); BN is copied; ``fc`` is kept
+  as ``cls_head.fc_cls`` (dropped by ``init_from``, which keeps a fresh head).
+  """
+  block, counts = detect_layout(sd)
+  want = tuple(models.default_options(arch)["stage_sizes"])
+  if (block, counts) != ("bottleneck", want):
+    actual = _arch_name(block, counts) or f"{block} blocks {counts}"
+    raise WeightsError(f"a 2D ResNet inflated into {arch} must be a bottleneck ResNet with "
+                       f"blocks {want}; the checkpoint is {actual}")
+  out = {}
+  for key, value in sd.items():
+    t, new = 1, key
+    m_stem, m_block, m_down = _TV_STEM.match(key), _TV_BLOCK.match(key), _TV_DOWN.match(key)
+    if key.startswith("fc."):
+      new = "cls_head.fc_cls." + key[len("fc."):]
+    elif m_stem:
+      kind = "conv" if m_stem.group(1) == "conv1" else "bn"
+      new = f"backbone.conv1.{kind}.{m_stem.group(2)}"
+    elif m_block:
+      stage, idx, kind, n, field = m_block.groups()
+      new = f"backbone.layer{stage}.{idx}.conv{n}.{kind}.{field}"
+      if kind == "conv" and n == "1" and slowonly.INFLATE[int(stage) - 1]:
+        t = 3
+    elif m_down:
+      stage, idx, sub, field = m_down.groups()
+      new = f"backbone.layer{stage}.{idx}.downsample.{'conv' if sub == '0' else 'bn'}.{field}"
+    if new.endswith("conv.weight"):
+      value = _to_numpy(value)
+      if value.ndim == 4:
+        value = np.repeat(value[:, :, None], t, axis=2) / t
+    out[new] = value
+  return out
+
+
 def _prepare_slowonly(sd: Dict[str, Any], fmt: str, arch: str) -> Dict[str, Any]:
+  if fmt == "torchvision":
+    sd = inflate_torchvision(sd, arch)
   want = tuple(models.default_options(arch)["stage_sizes"])
   blocks = {i: set() for i in range(1, 5)}
   for key in sd:
@@ -297,7 +348,7 @@ class FamilyWeights:
 FAMILY_WEIGHTS: Dict[str, FamilyWeights] = {
     "resnet": FamilyWeights(formats=("torchvision", "mmaction"), prepare=_prepare_resnet,
                             source_key=_flax_to_torch_name, head_key="fc.weight"),
-    "slowonly": FamilyWeights(formats=("mmaction",), prepare=_prepare_slowonly,
+    "slowonly": FamilyWeights(formats=("mmaction", "torchvision"), prepare=_prepare_slowonly,
                               source_key=_slowonly_name, head_key="cls_head.fc_cls.weight"),
 }
 
@@ -334,8 +385,14 @@ def detect_family(sd: Mapping[str, Any]) -> Tuple[Optional[str], str]:
   return None, ""
 
 
-def _check_family(sd: Mapping[str, Any], arch: str, family: str) -> None:
+# (family, format) whose files hold another family's weights (inflated on conversion).
+_SOURCE_FAMILY = {("slowonly", "torchvision"): "resnet"}
+
+
+def _check_family(sd: Mapping[str, Any], arch: str, family: str, fmt: str) -> None:
   found, evidence = detect_family(sd)
+  if _SOURCE_FAMILY.get((family, fmt)) == found:
+    return
   if found is not None and found != family:
     others = ", ".join(models.names(found))
     raise WeightsError(f"checkpoint is {_FAMILY_WORDS.get(found, found)} ({evidence}), not "
@@ -388,7 +445,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
   sd = extract_state_dict(state_dict, fmt)
   dropped = sorted(k for k in sd if ignore_prefixes and k.startswith(tuple(ignore_prefixes)))
   sd = {k: v for k, v in sd.items() if k not in set(dropped)}
-  _check_family(sd, arch, family)
+  _check_family(sd, arch, family, fmt)
   sd = spec.prepare(sd, fmt, arch)
   ignored = sorted(k for k in sd if k.endswith("num_batches_tracked"))
   sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}

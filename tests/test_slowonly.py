@@ -167,9 +167,33 @@ def test_other_families_and_depths_are_refused_in_one_line():
       convert.convert_state_dict(sd, "slowonly_r50", fmt="mmaction")
     assert needle in str(e.value)
     assert len(str(e.value).splitlines()) == 1
-  with pytest.raises(convert.WeightsError, match="--format=torchvision does not apply to "
-                     "slowonly_r50; its weights come as mmaction"):
-    convert.convert_state_dict(tiny2d, "slowonly_r50", fmt="torchvision")
+  with pytest.raises(convert.WeightsError, match=r"a 2D ResNet inflated into slowonly_r50 "
+                     r"must be a bottleneck ResNet with blocks \(3, 4, 6, 3\); the checkpoint "
+                     r"is resnet18"):
+    convert.convert_state_dict(torch_resnet.resnet(18, 5, width=8).state_dict(), "slowonly_r50",
+                               fmt="torchvision")
+
+
+def test_torchvision_resnet50_is_inflated_as_mmaction2():
+  # mmaction2 inflate_weights: 2D kernel repeated over t and divided by t; BN copied.
+  torch.manual_seed(0)
+  state = torch_resnet.resnet(50, 1000).state_dict()
+  variables, info = convert.convert_state_dict(state, "slowonly_r50", fmt="torchvision")
+  assert info["num_classes"] == 1000
+  params, stats = variables["params"], variables["batch_stats"]
+  w2d = state["layer3.0.conv1.weight"].numpy()  # (O, I, 1, 1) -> (3, 1, 1, I, O) / 3
+  kernel = params["layer3_0"]["conv1"]["kernel"]
+  assert kernel.shape == (3, 1, 1, 512, 256)
+  for t in range(3):
+    np.testing.assert_allclose(kernel[t, 0, 0], w2d[:, :, 0, 0].T / 3, rtol=1e-6)
+  np.testing.assert_array_equal(params["layer1_0"]["conv2"]["kernel"][0],
+                                state["layer1.0.conv2.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["conv1"]["kernel"][0],
+                                state["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(stats["layer4_2"]["bn3"]["var"],
+                                state["layer4.2.bn3.running_var"].numpy())
+  np.testing.assert_array_equal(params["layer2_0"]["downsample_conv"]["kernel"][0],
+                                state["layer2.0.downsample.0.weight"].numpy().transpose(2, 3, 1, 0))
 
 
 def test_gflops_match_table3(capsys):

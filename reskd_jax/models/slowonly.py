@@ -31,6 +31,7 @@ ModuleDef = Any
 head_kernel_init = nn.initializers.normal(stddev=0.01)
 EXPANSION = 4
 STEM_STRIDE = 4  # conv1 stride 2, max-pool stride 2
+INFLATE = (0, 0, 1, 1)  # per stage: 1 = every block's conv1 is (3, 1, 1)
 
 
 def _conv3d(features: int, kernel: Tuple[int, int, int], stride: Tuple[int, int, int],
@@ -79,7 +80,7 @@ class SlowOnly(nn.Module):
   num_classes: int
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
-  inflate: Sequence[int] = (0, 0, 1, 1)
+  inflate: Sequence[int] = INFLATE
   spatial_strides: Sequence[int] = (1, 2, 2, 2)
   dropout_rate: float = 0.5
   input_size: Optional[int] = None  # in-model bilinear resize (antialias off), e.g. 112
@@ -140,7 +141,7 @@ class SlowOnly(nn.Module):
 
 
 def build(num_classes: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), width: int = 64,
-          inflate: Sequence[int] = (0, 0, 1, 1), input_size: Optional[int] = None,
+          inflate: Sequence[int] = INFLATE, input_size: Optional[int] = None,
           dropout_rate: float = 0.5, dtype: Any = jnp.float32,
           bn_axis_name: Optional[str] = None, in_channels: int = 3) -> SlowOnly:
   """A SlowOnly classifier.
