@@ -186,7 +186,8 @@ def kinetics400_slowonly(mode: str) -> ml_collections.ConfigDict:
   112, the teacher's crop resized in the model). Dense sampling 8 frames x
   interval 8; test 10 clips x 3 crops (ThreeCrop). SGD lr 0.01 per 64 videos,
   momentum 0.9, weight decay 1e-4, gradients clipped at 40, 10 warm-up epochs,
-  step decay x0.1 at epochs 90 and 130, 150 epochs.
+  step decay x0.1 at epochs 90 and 130, 150 epochs. Every run starts from the
+  inflated ImageNet ResNet-50 (`model.init_from`, see the README).
   """
   config = for_dataset("k400")
   config.mode = mode
@@ -197,6 +198,7 @@ def kinetics400_slowonly(mode: str) -> ml_collections.ConfigDict:
   data.frame_interval = 8
   data.test_num_clips = 10
   data.test_num_crops = 3
+  data.flip = mode != "reskd"  # the released ResKD SlowOnly config trains without flips
   config.model = get_model_config("slowonly_r50", input_size=None if mode == "teacher" else 112)
   config.teacher.name = "slowonly_r50"
   config.teacher.checkpoint = "runs/k400_slowonly_r50_224"
