@@ -1,7 +1,8 @@
 """Video models: one module per family and one registry of names.
 
 Families: ``resnet`` (2D ResNet / TSM / TSN), ``slowonly`` (3D ResNet,
-mmaction2 ResNet3dSlowOnly). :mod:`reskd_jax.models.registry` is the one
+mmaction2 ResNet3dSlowOnly), ``swin`` (Video Swin
+Transformer). :mod:`reskd_jax.models.registry` is the one
 place that says which architectures exist (:data:`ARCHS`) and how a name or a
 config block becomes a model (:func:`build_model`, :func:`build_from_config`).
 Models know nothing about data or training; they map a video
@@ -40,3 +41,4 @@ from reskd_jax.models.resnet import (  # noqa: F401
     temporal_shift,
 )
 from reskd_jax.models.slowonly import SlowOnly  # noqa: F401
+from reskd_jax.models.swin import SwinClassifier  # noqa: F401

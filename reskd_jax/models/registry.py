@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from reskd_jax.errors import ConfigError
-from reskd_jax.models import resnet, slowonly
+from reskd_jax.models import resnet, slowonly, swin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,13 @@ FAMILIES: Dict[str, Family] = {
         config_keys=_COMMON_KEYS + ("width", "stage_sizes"),
         feature_channels=slowonly.feature_channels, feature_shape=slowonly.feature_shape,
         min_resolution=slowonly.min_resolution, with_bn_axis=slowonly.with_bn_axis),
+    "swin": Family(
+        module_type=swin.SwinClassifier, build=swin.build,
+        config_keys=_COMMON_KEYS + ("embed_dim", "depths", "num_heads", "window_size",
+                                    "drop_path_rate"),
+        feature_channels=swin.feature_channels, feature_shape=swin.feature_shape,
+        min_resolution=swin.min_resolution, with_bn_axis=swin.with_bn_axis,
+        temporal_multiple=swin.PATCH_SIZE[0]),
 }
 
 # name -> (family, default options). The single list of architecture names.
@@ -82,6 +89,11 @@ ARCHS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "resnet152": ("resnet", {"block": "bottleneck", "stage_sizes": (3, 8, 36, 3)}),
     # mmaction2 ResNet3dSlowOnly (8x8), depth 50.
     "slowonly_r50": ("slowonly", {"stage_sizes": (3, 4, 6, 3)}),
+    # Video Swin (official SwinTransformer3D, patch (2,4,4), window (8,7,7)) + I3D head.
+    "swin_t": ("swin", {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)}),
+    "swin_s": ("swin", {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24)}),
+    "swin_b": ("swin", {"embed_dim": 128, "depths": (2, 2, 18, 2),
+                        "num_heads": (4, 8, 16, 32)}),
 }
 
 
