@@ -1,4 +1,4 @@
-"""Convert PyTorch weights (torchvision, mmaction2 TSN/TSM/SlowOnly) to Flax variables.
+"""Convert PyTorch weights (torchvision, mmaction2 TSN/TSM/SlowOnly, Video Swin) to Flax variables.
 
 Library use::
 
@@ -14,6 +14,8 @@ Command line (writes a variables directory, see ``reskd_jax.checkpoint``)::
         --input=slowonly_r50_8x8x1_k400.pth --output=weights/slowonly_r50_k400
     python -m reskd_jax.convert --format=torchvision --arch=slowonly_r50 \\
         --input=resnet50-11ad3fa6.pth --output=weights/r50_imagenet_slowonly  # inflated
+    python -m reskd_jax.convert --format=videoswin --arch=swin_b \
+        --input=swin_base_patch244_window877_kinetics400_22k.pth --output=weights/swin_b_k400
 
 Mapping: conv ``O, I, *kernel -> *kernel, I, O`` (2D and 3D); linear ``(K, C)
 -> kernel (C, K)``; BN ``weight -> scale``, ``bias -> bias``, ``running_mean ->
@@ -22,8 +24,10 @@ ResNets, mmaction2 names (``backbone.layer1.0.conv1.conv.weight``,
 ``...conv1.bn.*``, TSM's ``...conv1.net.conv.weight``, ``downsample.conv/bn``,
 ``cls_head.fc_cls.*``) are first renamed to torchvision's; SlowOnly keeps
 mmaction2's names, and a torchvision ResNet-50 given for SlowOnly is inflated
-(:func:`inflate_torchvision`). Which families and formats exist: :data:`FAMILY_WEIGHTS`
-(the architecture names come from ``reskd_jax.models``).
+(:func:`inflate_torchvision`). Video Swin files (official, mmaction2 1.x, or a
+2D ImageNet Swin to inflate) are mapped by :mod:`reskd_jax.convert_swin`.
+Which families and formats exist: :data:`FAMILY_WEIGHTS` (the architecture
+names come from ``reskd_jax.models``).
 """
 
 from __future__ import annotations
@@ -39,11 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import checkpoint, models
+from reskd_jax import checkpoint, convert_swin, models
+from reskd_jax.errors import WeightsError  # noqa: F401 (re-exported)
 from reskd_jax.models import slowonly
-from reskd_jax.errors import CheckpointError
 
-FORMATS = ("torchvision", "mmaction")
+FORMATS = ("torchvision", "mmaction") + convert_swin.FORMATS
 
 # Block type and blocks per stage of each 2D ResNet depth, from the model registry.
 ARCH_LAYOUT = {name: (models.default_options(name)["block"],
@@ -51,10 +55,6 @@ ARCH_LAYOUT = {name: (models.default_options(name)["block"],
                for name in models.names("resnet")}
 
 _BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-class WeightsError(CheckpointError, ValueError):
-  """A weights file that cannot be read, or does not fit the requested architecture."""
 
 
 # ---------------------------------------------------------------------------
@@ -233,7 +233,9 @@ def _flax_to_torch_name(path: Tuple[str, ...]) -> Tuple[str, str]:
   return f"{prefix}.{inverse[leaf]}", "plain"
 
 
-def _prepare_resnet(sd: Dict[str, Any], fmt: str, arch: str) -> Dict[str, Any]:
+def _prepare_resnet(sd: Dict[str, Any], fmt: str, arch: str,
+                    options: Mapping[str, Any]) -> Dict[str, Any]:
+  del options  # the depth is the architecture's
   if fmt == "mmaction":
     sd = mmaction_to_torchvision(sd)
   check_depth(sd, arch)
@@ -308,7 +310,9 @@ def inflate_torchvision(sd: Mapping[str, Any], arch: str) -> Dict[str, Any]:
   return out
 
 
-def _prepare_slowonly(sd: Dict[str, Any], fmt: str, arch: str) -> Dict[str, Any]:
+def _prepare_slowonly(sd: Dict[str, Any], fmt: str, arch: str,
+                      options: Mapping[str, Any]) -> Dict[str, Any]:
+  del options  # the depth is the architecture's
   if fmt == "torchvision":
     sd = inflate_torchvision(sd, arch)
   want = tuple(models.default_options(arch)["stage_sizes"])
@@ -332,17 +336,22 @@ class FamilyWeights:
 
   Attributes:
     formats: the ``--format`` values this family's files come in.
-    prepare: ``(state_dict, fmt, arch) -> state_dict`` renamed to the names
-      ``source_key`` gives (and checked for depth), or ``WeightsError``.
+    prepare: ``(state_dict, fmt, arch, options) -> state_dict`` renamed to the
+      names ``source_key`` gives (and checked for depth), or ``WeightsError``;
+      ``options`` are the model's build options (the architecture's defaults
+      updated with the caller's).
     source_key: a leaf path below ``params``/``batch_stats`` -> ``(checkpoint
       key, kind)``, kind one of :data:`KINDS`.
     head_key: the classifier weight's key after ``prepare`` (its rows give the
       number of classes).
+    ignored_suffixes: keys ending so (buffers the model recomputes) are dropped
+      after ``prepare`` and reported in ``info["ignored"]``.
   """
   formats: Tuple[str, ...]
-  prepare: Callable[[Dict[str, Any], str, str], Dict[str, Any]]
+  prepare: Callable[[Dict[str, Any], str, str, Mapping[str, Any]], Dict[str, Any]]
   source_key: Callable[[Tuple[str, ...]], Tuple[str, str]]
   head_key: str
+  ignored_suffixes: Tuple[str, ...] = ("num_batches_tracked",)
 
 
 FAMILY_WEIGHTS: Dict[str, FamilyWeights] = {
@@ -350,6 +359,9 @@ FAMILY_WEIGHTS: Dict[str, FamilyWeights] = {
                             source_key=_flax_to_torch_name, head_key="fc.weight"),
     "slowonly": FamilyWeights(formats=("mmaction", "torchvision"), prepare=_prepare_slowonly,
                               source_key=_slowonly_name, head_key="cls_head.fc_cls.weight"),
+    "swin": FamilyWeights(formats=convert_swin.FORMATS, prepare=convert_swin.prepare,
+                          source_key=convert_swin.source_key, head_key=convert_swin.HEAD_KEY,
+                          ignored_suffixes=convert_swin.IGNORED_SUFFIXES),
 }
 
 
@@ -411,7 +423,8 @@ def _fmt_list(items, limit=20):
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "torchvision",
                        tsm: bool = False, num_classes: Optional[int] = None,
                        include_head: bool = True,
-                       ignore_prefixes=()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                       ignore_prefixes=(),
+                       **model_options) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """A PyTorch state dict -> our Flax variables (numpy float32).
 
   Args:
@@ -420,12 +433,15 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
     arch: a name of ``reskd_jax.models``; a checkpoint of another depth or
       family is refused, naming what it is.
     fmt: one of the family's formats (:data:`FAMILY_WEIGHTS`): ``"torchvision"``
-      or ``"mmaction"`` (TSN/TSM ResNet or SlowOnly recogniser).
+      or ``"mmaction"`` (TSN/TSM ResNet or SlowOnly recogniser), ``"videoswin"``
+      or ``"swin2d"`` (Video Swin; see :mod:`reskd_jax.convert_swin`).
     tsm: recorded for the caller; TSM has no parameters of its own.
     num_classes: expected classifier size; ``None`` takes it from the checkpoint.
     include_head: ``False`` drops ``fc`` (backbone-only checkpoints).
     ignore_prefixes: keys of the file starting with any of these are dropped
       before checking (e.g. extra modules saved beside the recogniser).
+    model_options: build options of the model that differ from the
+      architecture's (e.g. a small ``embed_dim`` for test models).
 
   Returns ``(variables, info)`` where ``info`` has ``num_classes``, ``arch``,
   ``ignored`` (e.g. ``num_batches_tracked`` keys).
@@ -446,16 +462,18 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
   dropped = sorted(k for k in sd if ignore_prefixes and k.startswith(tuple(ignore_prefixes)))
   sd = {k: v for k, v in sd.items() if k not in set(dropped)}
   _check_family(sd, arch, family, fmt)
-  sd = spec.prepare(sd, fmt, arch)
-  ignored = sorted(k for k in sd if k.endswith("num_batches_tracked"))
-  sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+  options = {**models.default_options(arch),
+             **{k: v for k, v in model_options.items() if v is not None}}
+  sd = spec.prepare(sd, fmt, arch, options)
+  ignored = sorted(k for k in sd if k.endswith(spec.ignored_suffixes))
+  sd = {k: v for k, v in sd.items() if not k.endswith(spec.ignored_suffixes)}
 
   if num_classes is None:
     if spec.head_key in sd and include_head:
       num_classes = int(sd[spec.head_key].shape[0])
     else:
       num_classes = 1000
-  template = flax_template(arch, num_classes)
+  template = flax_template(arch, num_classes, **model_options)
 
   expected = {}  # checkpoint key -> (collection, flax path, kind, flax shape)
   head_keys = set()
@@ -508,12 +526,18 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
 
 def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchvision",
                  tsm: bool = False, num_segments: Optional[int] = None,
-                 num_classes: Optional[int] = None, ignore_prefixes=()) -> Dict[str, Any]:
-  """Reads ``input_path``, converts, writes a variables directory; returns its metadata."""
+                 num_classes: Optional[int] = None, ignore_prefixes=(),
+                 **model_options) -> Dict[str, Any]:
+  """Reads ``input_path``, converts, writes a variables directory; returns its metadata.
+
+  ``model_options`` (build options that differ from the architecture's) are
+  recorded in ``meta.json``, so that the variables can be rebuilt.
+  """
   obj = load_torch_file(input_path)
   variables, info = convert_state_dict(obj, arch, fmt=fmt, tsm=tsm, num_classes=num_classes,
-                                       ignore_prefixes=ignore_prefixes)
+                                       ignore_prefixes=ignore_prefixes, **model_options)
   meta = {
+      **model_options,
       "arch": arch,
       "num_classes": info["num_classes"],
       "tsm": bool(tsm),
@@ -533,10 +557,12 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchv
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m reskd_jax.convert",
-      description="Convert torchvision / mmaction2 weights to reskd_jax variables.")
+      description="Convert torchvision / mmaction2 / Video Swin weights to reskd_jax "
+                  "variables.")
   p.add_argument("--format", required=True, choices=FORMATS,
-                 help="torchvision ImageNet state dict, or mmaction2 recogniser "
-                      "(TSN/TSM ResNet, SlowOnly)")
+                 help="torchvision ImageNet state dict, mmaction2 recogniser (TSN/TSM "
+                      "ResNet, SlowOnly), videoswin (official or mmaction2 1.x Video Swin) "
+                      "or swin2d (ImageNet Swin, inflated into a video model)")
   p.add_argument("--arch", required=True, choices=models.names())
   p.add_argument("--tsm", action="store_true", help="the checkpoint is a TSM model")
   p.add_argument("--num-segments", type=int, default=8, help="TSM segments (metadata)")

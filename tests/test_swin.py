@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from reskd_jax import checkpoint, convert_swin, flops
-from reskd_jax.convert import WeightsError
+from reskd_jax import checkpoint, convert, flops
+from reskd_jax.errors import WeightsError
 from reskd_jax.models import build_model, feature_shape, swin
 from tests.torch_models import resnet as torch_resnet
 from tests.torch_models import swin as torch_swin
@@ -56,7 +56,8 @@ def test_parameter_counts_with_400_classes(name, count):
 @pytest.fixture(scope="module")
 def swin_s_pair():
   ref = _torch_ref(400, **SWIN_S)
-  variables, info = convert_swin.convert_state_dict({"state_dict": ref.state_dict()}, "swin_s")
+  variables, info = convert.convert_state_dict({"state_dict": ref.state_dict()}, "swin_s",
+                                             fmt="videoswin")
   assert info["num_classes"] == 400
   assert any(k.endswith("relative_position_index") for k in info["ignored"])
   return ref, build_model("swin_s", 400), variables
@@ -84,7 +85,7 @@ def test_tiny_matches_torch_with_shrunk_windows_odd_maps_and_resize():
   # 3, 2; D=3 < Wd=4 everywhere (temporal shift 0), stage 3 window = map (no shift at all),
   # stage 4 window (3, 2, 2): N=12 tokens index the (4, 3, 3) table with its [:12, :12].
   ref = _torch_ref(5, **TINY)
-  variables, _ = convert_swin.convert_state_dict(ref.state_dict(), "swin_t", **TINY)
+  variables, _ = convert.convert_state_dict(ref.state_dict(), "swin_t", fmt="videoswin", **TINY)
   video = _video(6, 38)
   want_logits, want_feats = _torch_forward(ref, video)
   model = build_model("swin_t", 5, **TINY)
@@ -105,9 +106,9 @@ def test_tiny_matches_torch_with_shrunk_windows_odd_maps_and_resize():
 def test_return_dict_contract_and_stochastic_depth():
   model = build_model("swin_t", 5, drop_path_rate=0.5, **TINY)
   video = jnp.asarray(_video(4, 32))
-  variables, _ = convert_swin.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
-                                                 **TINY)
-  assert variables["batch_stats"] == {}
+  variables, _ = convert.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
+                                            fmt="videoswin", **TINY)
+  assert set(variables) == {"params"}  # no BatchNorm
   out = jax.jit(lambda v, x: model.apply(v, x, return_dict=True))(variables, video)
   chex.assert_shape(out["features"], (1, 2, 1, 1, 64))
   chex.assert_shape(out["position_logits"], (1, 2, 1, 1, 5))
@@ -166,7 +167,8 @@ def test_checkpoint_file_round_trip(tmp_path, layout):
   else:
     assert "backbone.norm.weight" in sd
   path = _save(tmp_path / "swin.pth", {"meta": {"epoch": 30}, "state_dict": sd})
-  meta = convert_swin.convert_file(path, str(tmp_path / "out"), "swin_t", **TINY)
+  meta = convert.convert_file(path, str(tmp_path / "out"), "swin_t", fmt="videoswin",
+                              **TINY)
   assert meta["num_classes"] == 7 and meta["embed_dim"] == 8
   variables = checkpoint.load_variables(str(tmp_path / "out"))
   model = build_model("swin_t", 7, **TINY)
@@ -180,25 +182,26 @@ def test_missing_keys_and_other_sizes_are_listed():
   del sd["backbone.layers.1.blocks.0.attn.qkv.bias"]
   with pytest.raises(WeightsError, match=r"missing keys \(1\): "
                      r"backbone\.layers\.1\.blocks\.0\.attn\.qkv\.bias"):
-    convert_swin.convert_state_dict(sd, "swin_t", **TINY)
+    convert.convert_state_dict(sd, "swin_t", fmt="videoswin", **TINY)
   with pytest.raises(WeightsError, match=r"depths \(2, 2, 2, 2\) \(expected \(2, 2, 4, 2\)\)"):
-    convert_swin.convert_state_dict(sd, "swin_t", **{**TINY, "depths": (2, 2, 4, 2)})
+    convert.convert_state_dict(sd, "swin_t", fmt="videoswin",
+                               **{**TINY, "depths": (2, 2, 4, 2)})
   # A real Swin-T layout given as swin_s is named (only shapes are read).
   torch.manual_seed(0)
   swin_t = torch_swin.Recognizer3D(400, embed_dim=96, depths=(2, 2, 6, 2),
                                    num_heads=(3, 6, 12, 24)).state_dict()
   with pytest.raises(WeightsError, match="it is a swin_t, not a swin_s"):
-    convert_swin.convert_state_dict(swin_t, "swin_s")
+    convert.convert_state_dict(swin_t, "swin_s", fmt="videoswin")
 
 
 def test_other_family_and_2d_checkpoints_are_one_clear_line():
   resnet_sd = torch_resnet.resnet(18, 5, width=8).state_dict()
   with pytest.raises(WeightsError) as err:
-    convert_swin.convert_state_dict(resnet_sd, "swin_s")
-  assert "\n" not in str(err.value) and "ResNet-family" in str(err.value)
+    convert.convert_state_dict(resnet_sd, "swin_s", fmt="videoswin")
+  assert "\n" not in str(err.value) and "2D ResNet" in str(err.value)
   sd2d = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4)}
   with pytest.raises(WeightsError, match="--format=swin2d"):
-    convert_swin.convert_state_dict({"model": sd2d}, "swin_t", fmt="videoswin", **TINY)
+    convert.convert_state_dict({"model": sd2d}, "swin_t", fmt="videoswin", **TINY)
 
 
 def _swin2d_state_dict(window=3, seed=0):
@@ -222,9 +225,9 @@ def _swin2d_state_dict(window=3, seed=0):
 
 def test_inflate_2d_imagenet_swin():
   sd = _swin2d_state_dict()
-  variables, info = convert_swin.convert_state_dict({"model": sd}, "swin_t", fmt="swin2d", **TINY)
+  variables, info = convert.convert_state_dict({"model": sd}, "swin_t", fmt="swin2d", **TINY)
   assert info["num_classes"] == 10
-  assert "layers.0.blocks.1.attn_mask" in info["ignored"]
+  assert "backbone.layers.0.blocks.1.attn_mask" in info["ignored"]
   params = variables["params"]["backbone"]
   kernel = params["patch_embed"]["proj"]["kernel"]  # (2, 4, 4, 3, 8)
   chex.assert_shape(kernel, (2, 4, 4, 3, 8))
@@ -238,12 +241,12 @@ def test_inflate_2d_imagenet_swin():
     np.testing.assert_array_equal(table[k * 25:(k + 1) * 25], table_2d)
   # A 2D window other than the video window's: bicubic resize first, as the release.
   big = _swin2d_state_dict(window=5)
-  variables, _ = convert_swin.convert_state_dict(big, "swin_t", fmt="swin2d", **TINY)
+  variables, _ = convert.convert_state_dict(big, "swin_t", fmt="swin2d", **TINY)
   chex.assert_shape(variables["params"]["backbone"]["layers_0"]["blocks_0"]["attn"][
       "relative_position_bias_table"], (175, 1))
   with pytest.raises(WeightsError, match="--format=videoswin"):
-    convert_swin.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
-                                    fmt="swin2d", **TINY)
+    convert.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
+                               fmt="swin2d", **TINY)
 
 
 def test_gflops_match_table3_and_attention_is_separate():
@@ -255,3 +258,23 @@ def test_gflops_match_table3_and_attention_is_separate():
     row = flops.video_gflops(model, variables, 32, resolution, with_xla=False)
     assert abs(12 * row["gflops"] - paper) / paper < 0.01
     assert 0.1 < row["attention_gflops"] / row["gflops"] < 0.5
+
+
+def test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file(tmp_path, capsys):
+  torch.manual_seed(0)
+  ref = torch_swin.Recognizer3D(400, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+  sd = {k.replace("backbone.norm.", "backbone.norm3."): v for k, v in ref.state_dict().items()}
+  path = _save(tmp_path / "swin_t.pth", {"state_dict": sd})
+  out = tmp_path / "swin_t"
+  assert convert.main(["--format=videoswin", "--arch=swin_t", f"--input={path}",
+                       f"--output={out}"]) == 0
+  params = checkpoint.load_variables(str(out))["params"]
+  np.testing.assert_array_equal(params["backbone"]["norm"]["scale"],
+                                sd["backbone.norm3.weight"].numpy())
+  np.testing.assert_array_equal(params["fc"]["kernel"], sd["cls_head.fc_cls.weight"].numpy().T)
+  capsys.readouterr()
+  resnet = _save(tmp_path / "r18.pth", torch_resnet.resnet(18, 5, width=8).state_dict())
+  assert convert.main(["--format=videoswin", "--arch=swin_s", f"--input={resnet}",
+                       f"--output={tmp_path / 'bad'}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err and "2D ResNet" in err
