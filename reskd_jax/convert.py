@@ -40,7 +40,6 @@ import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import checkpoint, convert_swin, models

@@ -1,7 +1,7 @@
 """A plain-PyTorch reference ResNet / TSM video classifier (no torchvision).
 
-Used only by the weight-conversion tests and the PyTorch-vs-JAX benchmarks. Module names follow torchvision exactly
-(``conv1``, ``bn1``, ``layerX.Y.convN``, ``layerX.Y.bnN``,
+Used only by the weight-conversion tests and the PyTorch-vs-JAX benchmarks.
+Module names follow torchvision exactly (``conv1``, ``bn1``, ``layerX.Y.convN``, ``layerX.Y.bnN``,
 ``layerX.Y.downsample.{0,1}``, ``fc``), so a torchvision ImageNet state dict
 loads with ``load_state_dict`` (the ``fc`` shape aside).
 
