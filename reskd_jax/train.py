@@ -61,6 +61,13 @@ def check_config(config) -> None:
                       f"{EVAL_METRICS}")
   for key in ("model", "teacher"):
     models.check_name(config[key].name, f"config.{key}.name")
+  frames = input_pipeline.frames_per_clip(config.data)
+  for key in ("model", "teacher") if config.mode == "reskd" else ("model",):
+    multiple = models.FAMILIES[models.family_name(config[key].name)].temporal_multiple
+    if frames % multiple:
+      raise ConfigError(f"clips have {frames} frames (config.data), but config.{key}.name="
+                        f"{config[key].name!r} takes a multiple of {multiple} frames (its "
+                        f"temporal patch size)")
   _dtype(config.dtype)
   n = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
