@@ -119,6 +119,11 @@ def test_return_dict_contract_and_stochastic_depth():
   train = jax.jit(lambda v, x, r: model.apply(v, x, train=True, rngs={"dropout": r}))
   logits = [train(variables, video, jax.random.key(i)) for i in range(3)]
   assert not all(np.allclose(logits[0], t) for t in logits[1:])
+  # bfloat16 compute (float32 parameters, softmax in float32) stays close to float32.
+  half = build_model("swin_t", 5, dtype=jnp.bfloat16, **TINY)
+  logits16 = jax.jit(half.apply)(variables, video)
+  assert logits16.dtype == jnp.bfloat16
+  chex.assert_trees_all_close(logits16.astype(jnp.float32), out["logits"], atol=0.1, rtol=0.1)
 
 
 def test_window_helpers_follow_the_release():
