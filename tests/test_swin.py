@@ -244,6 +244,14 @@ def test_inflate_2d_imagenet_swin():
   table_2d = sd["layers.1.blocks.0.attn.relative_position_bias_table"].numpy()
   for k in range(7):
     np.testing.assert_array_equal(table[k * 25:(k + 1) * 25], table_2d)
+  # As `model.init_from` of a student with a new label set: backbone loaded, fresh classifier.
+  student = build_model("swin_t", 7, **TINY)
+  init = jax.eval_shape(lambda x: student.init(jax.random.key(0), x),
+                        jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32))
+  merged = checkpoint.merge_pretrained(init, variables, skip_head=True)
+  assert merged["params"]["fc"]["kernel"].shape == (64, 7)
+  np.testing.assert_array_equal(merged["params"]["backbone"]["patch_embed"]["proj"]["kernel"],
+                                kernel)
   # A 2D window other than the video window's: bicubic resize first, as the release.
   big = _swin2d_state_dict(window=5)
   variables, _ = convert.convert_state_dict(big, "swin_t", fmt="swin2d", **TINY)
