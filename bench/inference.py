@@ -39,7 +39,8 @@ def main(argv=None):
   import numpy as np
   import torch
 
-  from reskd_jax import convert, torch_resnet
+  from reskd_jax import convert
+  from tests.torch_models import resnet as torch_resnet
   from reskd_jax.models import build_model
 
   if args.threads:

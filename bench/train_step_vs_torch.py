@@ -34,7 +34,7 @@ def torch_step_fn(args, video_u8, labels):
   import torch
   import torch.nn.functional as F
 
-  from reskd_jax import torch_resnet
+  from tests.torch_models import resnet as torch_resnet
 
   torch.manual_seed(0)
   t_depth = int(args.teacher_arch.replace("resnet", ""))

@@ -1,4 +1,4 @@
-"""Convert PyTorch ResNet weights (torchvision or mmaction2 TSN/TSM) to Flax variables.
+"""Convert PyTorch weights (torchvision, mmaction2 TSN/TSM/SlowOnly, Video Swin) to Flax variables.
 
 Library use::
 
@@ -10,41 +10,50 @@ Command line (writes a variables directory, see ``reskd_jax.checkpoint``)::
         --input=resnet50-0676ba61.pth --output=weights/r50_imagenet
     python -m reskd_jax.convert --format=mmaction --arch=resnet152 --num-classes=200 \\
         --input=tsn_r152_minik.pth --output=weights/r152_minik
+    python -m reskd_jax.convert --format=mmaction --arch=slowonly_r50 \\
+        --input=slowonly_r50_8x8x1_k400.pth --output=weights/slowonly_r50_k400
+    python -m reskd_jax.convert --format=torchvision --arch=slowonly_r50 \\
+        --input=resnet50-11ad3fa6.pth --output=weights/r50_imagenet_slowonly  # inflated
+    python -m reskd_jax.convert --format=videoswin --arch=swin_b \
+        --input=swin_base_patch244_window877_kinetics400_22k.pth --output=weights/swin_b_k400
 
-Mapping: conv ``OIHW -> HWIO``; ``fc.weight (K, C) -> fc/kernel (C, K)``; BN
-``weight -> scale``, ``bias -> bias``, ``running_mean -> mean``,
-``running_var -> var``; ``num_batches_tracked`` is ignored. mmaction2 names
-(``backbone.layer1.0.conv1.conv.weight``, ``...conv1.bn.*``, TSM's
-``...conv1.net.conv.weight``, ``downsample.conv/bn``, ``cls_head.fc_cls.*``) are
-first renamed to torchvision's.
+Mapping: conv ``O, I, *kernel -> *kernel, I, O`` (2D and 3D); linear ``(K, C)
+-> kernel (C, K)``; BN ``weight -> scale``, ``bias -> bias``, ``running_mean ->
+mean``, ``running_var -> var``; ``num_batches_tracked`` is ignored. For 2D
+ResNets, mmaction2 names (``backbone.layer1.0.conv1.conv.weight``,
+``...conv1.bn.*``, TSM's ``...conv1.net.conv.weight``, ``downsample.conv/bn``,
+``cls_head.fc_cls.*``) are first renamed to torchvision's; SlowOnly keeps
+mmaction2's names, and a torchvision ResNet-50 given for SlowOnly is inflated
+(:func:`inflate_torchvision`). Video Swin files (official, mmaction2 1.x, or a
+2D ImageNet Swin to inflate) are mapped by :mod:`reskd_jax.convert_swin`.
+Which families and formats exist: :data:`FAMILY_WEIGHTS` (the architecture
+names come from ``reskd_jax.models``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import jax
 import numpy as np
 
-FORMATS = ("torchvision", "mmaction")
+from reskd_jax import checkpoint, convert_swin, models
+from reskd_jax.errors import WeightsError  # noqa: F401 (re-exported)
+from reskd_jax.models import slowonly
 
-# Blocks per stage and block type of each depth (as in models.ARCHS).
-ARCH_LAYOUT = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
+FORMATS = ("torchvision", "mmaction") + convert_swin.FORMATS
+
+# Block type and blocks per stage of each 2D ResNet depth, from the model registry.
+ARCH_LAYOUT = {name: (models.default_options(name)["block"],
+                      tuple(models.default_options(name)["stage_sizes"]))
+               for name in models.names("resnet")}
 
 _BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-class ConversionError(ValueError):
-  """The checkpoint does not fit the requested architecture."""
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +77,7 @@ def load_torch_file(path: str) -> Mapping[str, Any]:
               "which are not loaded for safety. If you trust it, save its weights alone "
               "and convert that file:\n    python -c \"import torch; c = torch.load('IN.pth', "
               "weights_only=False); torch.save(c.get('state_dict', c), 'OUT.pth')\"")
-    raise ConversionError(msg) from e
+    raise WeightsError(msg) from e
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -83,7 +92,7 @@ def _to_numpy(value) -> np.ndarray:
 def extract_state_dict(obj: Any, fmt: str) -> Dict[str, Any]:
   """The flat ``{name: tensor}`` inside a loaded file (``state_dict``/``model`` wrappers)."""
   if not isinstance(obj, Mapping):
-    raise ConversionError(f"expected a state dict (a mapping of names to tensors), got "
+    raise WeightsError(f"expected a state dict (a mapping of names to tensors), got "
                           f"{type(obj).__name__}")
   for wrapper in ("state_dict", "model", "module"):
     if wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -91,7 +100,7 @@ def extract_state_dict(obj: Any, fmt: str) -> Dict[str, Any]:
       break
   else:
     if fmt == "mmaction" and not any(str(k).startswith("backbone.") for k in obj):
-      raise ConversionError("an mmaction2 checkpoint is a dict with 'state_dict' holding "
+      raise WeightsError("an mmaction2 checkpoint is a dict with 'state_dict' holding "
                             "'backbone.*' and 'cls_head.*' keys; found neither (top-level "
                             f"keys: {sorted(map(str, obj))[:10]})")
   out = {}
@@ -171,7 +180,7 @@ def check_depth(state_dict: Mapping[str, Any], arch: str) -> None:
   block, counts = detect_layout(state_dict)
   want_block, want_counts = ARCH_LAYOUT[arch]
   if block is None:
-    raise ConversionError(f"checkpoint has no 'layerX.Y.*' ResNet block weights "
+    raise WeightsError(f"checkpoint has no 'layerX.Y.*' ResNet block weights "
                           f"(first keys: {sorted(state_dict)[:8]}); is --format right?")
   if (block, counts) == (want_block, want_counts):
     return
@@ -180,8 +189,8 @@ def check_depth(state_dict: Mapping[str, Any], arch: str) -> None:
   diffs = [f"{have} blocks in layer{i + 1}"
            for i, (have, want) in enumerate(zip(counts, want_counts)) if have != want]
   if diffs:
-    raise ConversionError(f"checkpoint has {', '.join(diffs)}: {what}, not a {arch}")
-  raise ConversionError(f"checkpoint has {block} blocks "
+    raise WeightsError(f"checkpoint has {', '.join(diffs)}: {what}, not a {arch}")
+  raise WeightsError(f"checkpoint has {block} blocks "
                         f"({'with' if block == 'bottleneck' else 'without'} conv3): "
                         f"{what}, not a {arch}")
 
@@ -190,22 +199,16 @@ def check_depth(state_dict: Mapping[str, Any], arch: str) -> None:
 # Template and conversion
 
 
-def flax_template(arch: str, num_classes: int, tsm: bool = False, **model_kwargs):
-  """Shapes of our model's variables: ``{"params": ..., "batch_stats": ...}`` of ShapeDtypeStruct."""
-  import jax
-  import jax.numpy as jnp
-
-  from reskd_jax.models import build_model
-
-  model = build_model(arch, num_classes, tsm=tsm, **model_kwargs)
-  res = model.backbone.total_stride
-  dummy = jax.ShapeDtypeStruct((1, 1, res, res, model.in_channels), jnp.float32)
-  return jax.eval_shape(lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False),
-                        dummy)
+def flax_template(arch: str, num_classes: int, **model_kwargs):
+  """Shapes of our model's variables (``params``, and ``batch_stats`` where it has BatchNorm)."""
+  model = models.build_model(arch, num_classes, **model_kwargs)
+  res = models.min_resolution(model)
+  frames = models.family_of(model).temporal_multiple
+  return jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), frames, res))
 
 
-def _flax_to_torch_name(coll: str, path: Tuple[str, ...]) -> Tuple[str, str]:
-  """(torchvision key, kind) for a flax leaf path below ``params``/``batch_stats``."""
+def _flax_to_torch_name(path: Tuple[str, ...]) -> Tuple[str, str]:
+  """(torchvision key, kind) for a 2D ResNet leaf path below ``params``/``batch_stats``."""
   *modules, leaf = path
   if modules[0] == "backbone":
     modules = modules[1:]
@@ -222,30 +225,190 @@ def _flax_to_torch_name(coll: str, path: Tuple[str, ...]) -> Tuple[str, str]:
       parts.append(m)
   prefix = ".".join(parts)
   if leaf == "kernel":
-    kind = "fc" if modules[-1] == "fc" else "conv"
-    return f"{prefix}.weight", kind
-  inverse = {v: k for k, v in _BN_FIELDS.items()}
+    return f"{prefix}.weight", ("linear" if modules[-1] == "fc" else "conv")
   if modules[-1] == "fc" and leaf == "bias":
-    return f"{prefix}.bias", "fc_bias"
-  return f"{prefix}.{inverse[leaf]}", "bn"
+    return f"{prefix}.bias", "plain"
+  inverse = {v: k for k, v in _BN_FIELDS.items()}
+  return f"{prefix}.{inverse[leaf]}", "plain"
 
 
-def _torch_shape(flax_shape, kind):
-  if kind == "conv":  # HWIO -> OIHW
-    h, w, i, o = flax_shape
-    return (o, i, h, w)
-  if kind == "fc":
-    return tuple(reversed(flax_shape))
-  return tuple(flax_shape)
+def _prepare_resnet(sd: Dict[str, Any], fmt: str, arch: str,
+                    options: Mapping[str, Any]) -> Dict[str, Any]:
+  del options  # the depth is the architecture's
+  if fmt == "mmaction":
+    sd = mmaction_to_torchvision(sd)
+  check_depth(sd, arch)
+  return sd
 
 
-def _convert_array(value: np.ndarray, kind: str) -> np.ndarray:
-  value = value.astype(np.float32)
-  if kind == "conv":
-    return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-  if kind == "fc":
-    return np.ascontiguousarray(value.T)
-  return value
+def _slowonly_name(path: Tuple[str, ...]) -> Tuple[str, str]:
+  """(mmaction2 key, kind) for a SlowOnly leaf path below ``params``/``batch_stats``."""
+  *modules, leaf = path
+  inverse = {v: k for k, v in _BN_FIELDS.items()}
+  if modules == ["fc"]:
+    return f"cls_head.fc_cls.{'weight' if leaf == 'kernel' else 'bias'}", (
+        "linear" if leaf == "kernel" else "plain")
+  if len(modules) == 1:  # stem: conv1 / bn1 -> backbone.conv1.{conv,bn}
+    prefix = "backbone.conv1"
+    layer = modules[0]
+  else:
+    block, layer = modules
+    m = re.match(r"^layer(\d+)_(\d+)$", block)
+    prefix = f"backbone.layer{m.group(1)}.{m.group(2)}"
+    if layer.startswith("downsample_"):
+      prefix += ".downsample"
+    else:
+      prefix += f".conv{layer[-1]}"
+  if leaf == "kernel":
+    return f"{prefix}.conv.weight", "conv"
+  return f"{prefix}.bn.{inverse[leaf]}", "plain"
+
+
+_TV_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
+_TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d)\.(.+)$")
+_TV_DOWN = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)$")
+
+
+def inflate_torchvision(sd: Mapping[str, Any], arch: str) -> Dict[str, Any]:
+  """A torchvision 2D ResNet state dict -> SlowOnly (mmaction2) names, convs inflated.
+
+  As mmaction2's ``ResNet3d.inflate_weights`` (``pretrained2d=True``, how the
+  released SlowOnly runs start from ImageNet): a 2D kernel ``(O, I, h, w)``
+  becomes ``(O, I, t, h, w)``, repeated over ``t`` and divided by ``t`` (t = 3
+  for the conv1 of the inflated stages, else 1); BN is copied; ``fc`` is kept
+  as ``cls_head.fc_cls`` (dropped by ``init_from``, which keeps a fresh head).
+  """
+  block, counts = detect_layout(sd)
+  want = tuple(models.default_options(arch)["stage_sizes"])
+  if (block, counts) != ("bottleneck", want):
+    actual = _arch_name(block, counts) or f"{block} blocks {counts}"
+    raise WeightsError(f"a 2D ResNet inflated into {arch} must be a bottleneck ResNet with "
+                       f"blocks {want}; the checkpoint is {actual}")
+  out = {}
+  for key, value in sd.items():
+    t, new = 1, key
+    m_stem, m_block, m_down = _TV_STEM.match(key), _TV_BLOCK.match(key), _TV_DOWN.match(key)
+    if key.startswith("fc."):
+      new = "cls_head.fc_cls." + key[len("fc."):]
+    elif m_stem:
+      kind = "conv" if m_stem.group(1) == "conv1" else "bn"
+      new = f"backbone.conv1.{kind}.{m_stem.group(2)}"
+    elif m_block:
+      stage, idx, kind, n, field = m_block.groups()
+      new = f"backbone.layer{stage}.{idx}.conv{n}.{kind}.{field}"
+      if kind == "conv" and n == "1" and slowonly.INFLATE[int(stage) - 1]:
+        t = 3
+    elif m_down:
+      stage, idx, sub, field = m_down.groups()
+      new = f"backbone.layer{stage}.{idx}.downsample.{'conv' if sub == '0' else 'bn'}.{field}"
+    if new.endswith("conv.weight"):
+      value = _to_numpy(value)
+      if value.ndim == 4:
+        value = np.repeat(value[:, :, None], t, axis=2) / t
+    out[new] = value
+  return out
+
+
+def _prepare_slowonly(sd: Dict[str, Any], fmt: str, arch: str,
+                      options: Mapping[str, Any]) -> Dict[str, Any]:
+  del options  # the depth is the architecture's
+  if fmt == "torchvision":
+    sd = inflate_torchvision(sd, arch)
+  want = tuple(models.default_options(arch)["stage_sizes"])
+  blocks = {i: set() for i in range(1, 5)}
+  for key in sd:
+    m = re.match(r"^backbone\.layer(\d+)\.(\d+)\.", key)
+    if m and int(m.group(1)) in blocks:
+      blocks[int(m.group(1))].add(int(m.group(2)))
+  counts = tuple(len(blocks[i]) for i in range(1, 5))
+  if counts != want:
+    diffs = [f"{have} blocks in layer{i + 1}"
+             for i, (have, w) in enumerate(zip(counts, want)) if have != w]
+    raise WeightsError(f"checkpoint has {', '.join(diffs)}: it is not a {arch} "
+                       f"(blocks per stage {want})")
+  return sd
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyWeights:
+  """How the checkpoints of one model family map onto our variables.
+
+  Attributes:
+    formats: the ``--format`` values this family's files come in.
+    prepare: ``(state_dict, fmt, arch, options) -> state_dict`` renamed to the
+      names ``source_key`` gives (and checked for depth), or ``WeightsError``;
+      ``options`` are the model's build options (the architecture's defaults
+      updated with the caller's).
+    source_key: a leaf path below ``params``/``batch_stats`` -> ``(checkpoint
+      key, kind)``, kind one of :data:`KINDS`.
+    head_key: the classifier weight's key after ``prepare`` (its rows give the
+      number of classes).
+    ignored_suffixes: keys ending so (buffers the model recomputes) are dropped
+      after ``prepare`` and reported in ``info["ignored"]``.
+  """
+  formats: Tuple[str, ...]
+  prepare: Callable[[Dict[str, Any], str, str, Mapping[str, Any]], Dict[str, Any]]
+  source_key: Callable[[Tuple[str, ...]], Tuple[str, str]]
+  head_key: str
+  ignored_suffixes: Tuple[str, ...] = ("num_batches_tracked",)
+
+
+FAMILY_WEIGHTS: Dict[str, FamilyWeights] = {
+    "resnet": FamilyWeights(formats=("torchvision", "mmaction"), prepare=_prepare_resnet,
+                            source_key=_flax_to_torch_name, head_key="fc.weight"),
+    "slowonly": FamilyWeights(formats=("mmaction", "torchvision"), prepare=_prepare_slowonly,
+                              source_key=_slowonly_name, head_key="cls_head.fc_cls.weight"),
+    "swin": FamilyWeights(formats=convert_swin.FORMATS, prepare=convert_swin.prepare,
+                          source_key=convert_swin.source_key, head_key=convert_swin.HEAD_KEY,
+                          ignored_suffixes=convert_swin.IGNORED_SUFFIXES),
+}
+
+
+def _conv_to_flax(value: np.ndarray) -> np.ndarray:  # (O, I, *k) -> (*k, I, O)
+  return value.transpose(tuple(range(2, value.ndim)) + (1, 0))
+
+
+def _conv_torch_shape(shape) -> Tuple[int, ...]:  # (*k, I, O) -> (O, I, *k)
+  return (shape[-1], shape[-2], *shape[:-2])
+
+
+# kind -> (checkpoint array -> our array, our shape -> checkpoint shape)
+KINDS: Dict[str, Tuple[Callable, Callable]] = {
+    "conv": (_conv_to_flax, _conv_torch_shape),
+    "linear": (lambda v: v.T, lambda s: tuple(reversed(s))),
+    "plain": (lambda v: v, tuple),
+}
+
+_FAMILY_WORDS = {"resnet": "a 2D ResNet", "slowonly": "a 3D ResNet (SlowOnly)",
+                 "swin": "a Video Swin transformer"}
+
+
+def detect_family(sd: Mapping[str, Any]) -> Tuple[Optional[str], str]:
+  """(family or None, the evidence) from a flat state dict's keys and stem shape."""
+  for key in sd:
+    if key.endswith("patch_embed.proj.weight"):
+      return "swin", f"it has {key!r}"
+  for key in ("backbone.conv1.conv.weight", "conv1.weight", "backbone.conv1.weight"):
+    if key in sd:
+      shape = tuple(sd[key].shape)
+      family = "slowonly" if len(shape) == 5 else "resnet" if len(shape) == 4 else None
+      return family, f"{key} has shape {shape}"
+  return None, ""
+
+
+# (family, format) whose files hold another family's weights (inflated on conversion).
+_SOURCE_FAMILY = {("slowonly", "torchvision"): "resnet"}
+
+
+def _check_family(sd: Mapping[str, Any], arch: str, family: str, fmt: str) -> None:
+  found, evidence = detect_family(sd)
+  if _SOURCE_FAMILY.get((family, fmt)) == found:
+    return
+  if found is not None and found != family:
+    others = ", ".join(models.names(found))
+    raise WeightsError(f"checkpoint is {_FAMILY_WORDS.get(found, found)} ({evidence}), not "
+                       f"{_FAMILY_WORDS.get(family, family)} like {arch}; pass --arch="
+                       f"one of {others}")
 
 
 def _fmt_list(items, limit=20):
@@ -259,66 +422,80 @@ def _fmt_list(items, limit=20):
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "torchvision",
                        tsm: bool = False, num_classes: Optional[int] = None,
                        include_head: bool = True,
-                       ignore_prefixes=()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """A PyTorch state dict -> our Flax ``{"params", "batch_stats"}`` (numpy float32).
+                       ignore_prefixes=(),
+                       **model_options) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """A PyTorch state dict -> our Flax variables (numpy float32).
 
   Args:
     state_dict: the loaded file (a flat state dict, or a dict with
       ``state_dict``/``model`` holding one).
-    arch: ``resnet18`` ... ``resnet152``; a checkpoint of another depth is refused.
-    fmt: ``"torchvision"`` or ``"mmaction"`` (TSN/TSM ResNet recogniser).
+    arch: a name of ``reskd_jax.models``; a checkpoint of another depth or
+      family is refused, naming what it is.
+    fmt: one of the family's formats (:data:`FAMILY_WEIGHTS`): ``"torchvision"``
+      or ``"mmaction"`` (TSN/TSM ResNet or SlowOnly recogniser), ``"videoswin"``
+      or ``"swin2d"`` (Video Swin; see :mod:`reskd_jax.convert_swin`).
     tsm: recorded for the caller; TSM has no parameters of its own.
     num_classes: expected classifier size; ``None`` takes it from the checkpoint.
     include_head: ``False`` drops ``fc`` (backbone-only checkpoints).
     ignore_prefixes: keys of the file starting with any of these are dropped
       before checking (e.g. extra modules saved beside the recogniser).
+    model_options: build options of the model that differ from the
+      architecture's (e.g. a small ``embed_dim`` for test models).
 
   Returns ``(variables, info)`` where ``info`` has ``num_classes``, ``arch``,
   ``ignored`` (e.g. ``num_batches_tracked`` keys).
 
-  Raises ``ConversionError`` listing missing / unexpected keys and shape
-  mismatches (in the checkpoint's torchvision-style names).
+  Raises ``WeightsError`` listing missing / unexpected keys and shape
+  mismatches (in the checkpoint's names).
   """
   if fmt not in FORMATS:
-    raise ConversionError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-  if arch not in ARCH_LAYOUT:
-    raise ConversionError(f"unknown arch {arch!r}; expected one of {sorted(ARCH_LAYOUT)}")
+    raise WeightsError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+  if arch not in models.ARCHS:
+    raise WeightsError(f"unknown arch {arch!r}; expected one of {', '.join(models.names())}")
+  family = models.family_name(arch)
+  spec = FAMILY_WEIGHTS[family]
+  if fmt not in spec.formats:
+    raise WeightsError(f"--format={fmt} does not apply to {arch}; its weights come as "
+                       f"{' or '.join(spec.formats)}")
   sd = extract_state_dict(state_dict, fmt)
   dropped = sorted(k for k in sd if ignore_prefixes and k.startswith(tuple(ignore_prefixes)))
   sd = {k: v for k, v in sd.items() if k not in set(dropped)}
-  if fmt == "mmaction":
-    sd = mmaction_to_torchvision(sd)
-  ignored = sorted(k for k in sd if k.endswith("num_batches_tracked"))
-  sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-  check_depth(sd, arch)
+  _check_family(sd, arch, family, fmt)
+  options = {**models.default_options(arch),
+             **{k: v for k, v in model_options.items() if v is not None}}
+  sd = spec.prepare(sd, fmt, arch, options)
+  ignored = sorted(k for k in sd if k.endswith(spec.ignored_suffixes))
+  sd = {k: v for k, v in sd.items() if not k.endswith(spec.ignored_suffixes)}
 
   if num_classes is None:
-    if "fc.weight" in sd and include_head:
-      num_classes = int(sd["fc.weight"].shape[0])
+    if spec.head_key in sd and include_head:
+      num_classes = int(sd[spec.head_key].shape[0])
     else:
       num_classes = 1000
-  template = flax_template(arch, num_classes)
+  template = flax_template(arch, num_classes, **model_options)
 
-  import jax
-  expected = {}  # torch key -> (collection, flax path, kind, flax shape)
-  for coll in ("params", "batch_stats"):
+  expected = {}  # checkpoint key -> (collection, flax path, kind, flax shape)
+  head_keys = set()
+  for coll in template:
     flat = jax.tree_util.tree_flatten_with_path(template[coll])[0]
     for keypath, leaf in flat:
       path = tuple(str(getattr(k, "key", k)) for k in keypath)
-      if not include_head and path[0] == "fc":
-        continue
-      tkey, kind = _flax_to_torch_name(coll, path)
+      tkey, kind = spec.source_key(path)
+      if path[0] == checkpoint.HEAD_NAME:
+        head_keys.add(tkey)
+        if not include_head:
+          continue
       expected[tkey] = (coll, path, kind, tuple(leaf.shape))
 
   if not include_head:
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if k not in head_keys}
   missing = sorted(set(expected) - set(sd))
   unexpected = sorted(set(sd) - set(expected))
   mismatched = []
   for tkey, (coll, path, kind, fshape) in expected.items():
     if tkey in sd:
       have = tuple(sd[tkey].shape)
-      want = _torch_shape(fshape, kind)
+      want = tuple(KINDS[kind][1](fshape))
       if have != want:
         mismatched.append(f"{tkey}: checkpoint {have}, expected {want}")
   if missing or unexpected or mismatched:
@@ -329,17 +506,18 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
       parts.append(f"  unexpected keys ({len(unexpected)}): {_fmt_list(unexpected)}")
     if mismatched:
       parts.append(f"  shape mismatch ({len(mismatched)}): {'; '.join(sorted(mismatched)[:20])}")
-      if any(m.startswith("fc.") for m in mismatched):
+      if any(m.split(":")[0] in head_keys for m in mismatched):
         parts.append("  (for the classifier, pass --num-classes matching the checkpoint, "
                      "or leave it out)")
-    raise ConversionError("\n".join(parts))
+    raise WeightsError("\n".join(parts))
 
-  variables: Dict[str, Any] = {"params": {}, "batch_stats": {}}
+  variables: Dict[str, Any] = {coll: {} for coll in template}
   for tkey, (coll, path, kind, fshape) in expected.items():
     node = variables[coll]
     for p in path[:-1]:
       node = node.setdefault(p, {})
-    node[path[-1]] = _convert_array(_to_numpy(sd[tkey]), kind)
+    value = _to_numpy(sd[tkey]).astype(np.float32)
+    node[path[-1]] = np.ascontiguousarray(KINDS[kind][0](value))
   info = {"arch": arch, "num_classes": num_classes, "format": fmt, "tsm": bool(tsm),
           "ignored": ignored + dropped, "include_head": include_head}
   return variables, info
@@ -347,14 +525,18 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
 
 def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchvision",
                  tsm: bool = False, num_segments: Optional[int] = None,
-                 num_classes: Optional[int] = None, ignore_prefixes=()) -> Dict[str, Any]:
-  """Reads ``input_path``, converts, writes a variables directory; returns its metadata."""
-  from reskd_jax import checkpoint
+                 num_classes: Optional[int] = None, ignore_prefixes=(),
+                 **model_options) -> Dict[str, Any]:
+  """Reads ``input_path``, converts, writes a variables directory; returns its metadata.
 
+  ``model_options`` (build options that differ from the architecture's) are
+  recorded in ``meta.json``, so that the variables can be rebuilt.
+  """
   obj = load_torch_file(input_path)
   variables, info = convert_state_dict(obj, arch, fmt=fmt, tsm=tsm, num_classes=num_classes,
-                                       ignore_prefixes=ignore_prefixes)
+                                       ignore_prefixes=ignore_prefixes, **model_options)
   meta = {
+      **model_options,
       "arch": arch,
       "num_classes": info["num_classes"],
       "tsm": bool(tsm),
@@ -374,10 +556,13 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchv
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m reskd_jax.convert",
-      description="Convert torchvision / mmaction2 ResNet weights to reskd_jax variables.")
+      description="Convert torchvision / mmaction2 / Video Swin weights to reskd_jax "
+                  "variables.")
   p.add_argument("--format", required=True, choices=FORMATS,
-                 help="torchvision ImageNet state dict, or mmaction2 TSN/TSM recogniser")
-  p.add_argument("--arch", required=True, choices=sorted(ARCH_LAYOUT))
+                 help="torchvision ImageNet state dict, mmaction2 recogniser (TSN/TSM "
+                      "ResNet, SlowOnly), videoswin (official or mmaction2 1.x Video Swin) "
+                      "or swin2d (ImageNet Swin, inflated into a video model)")
+  p.add_argument("--arch", required=True, choices=models.names())
   p.add_argument("--tsm", action="store_true", help="the checkpoint is a TSM model")
   p.add_argument("--num-segments", type=int, default=8, help="TSM segments (metadata)")
   p.add_argument("--num-classes", type=int, default=None,
@@ -393,11 +578,11 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     if os.path.isfile(args.output):
-      raise ConversionError(f"--output={args.output!r} is a file; give a directory")
+      raise WeightsError(f"--output={args.output!r} is a file; give a directory")
     meta = convert_file(args.input, args.output, args.arch, fmt=args.format, tsm=args.tsm,
                         num_segments=args.num_segments, num_classes=args.num_classes,
                         ignore_prefixes=tuple(p for p in args.ignore.split(",") if p))
-  except (ConversionError, FileNotFoundError, OSError) as e:
+  except (WeightsError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {args.output}: {meta['arch']}, {meta['num_classes']} classes, "

@@ -31,6 +31,10 @@ class CheckpointError(ReskdError):
   """No usable checkpoint, or one that does not fit the config."""
 
 
+class WeightsError(CheckpointError, ValueError):
+  """A weights file that cannot be read, or does not fit the requested architecture."""
+
+
 class NonFiniteError(ReskdError):
   """Training produced a non-finite loss or gradient norm."""
   exit_status = EXIT_NON_FINITE

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import jax
 import jax.numpy as jnp
+
+from reskd_jax import models
+from reskd_jax.models import swin
 
 
 def _sub_jaxprs(params):
@@ -26,18 +29,25 @@ def _sub_jaxprs(params):
         yield item.jaxpr
 
 
-def count_macs(jaxpr) -> int:
-  """Multiply-adds of convolutions and dot products in a (closed) jaxpr."""
+def count_macs(jaxpr, within: Optional[str] = None, _inside: bool = False) -> int:
+  """Multiply-adds of convolutions and dot products in a (closed) jaxpr.
+
+  With ``within``, only the operations traced under a ``jax.named_scope`` of
+  that name count (e.g. ``models.swin.ATTENTION_SCOPE``: the attention matrix
+  products ``q @ k^T`` and ``attn @ v``, which are not conv/linear layers).
+  """
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if name == "conv_general_dilated":
+    inside = _inside or (within is not None and within in str(eqn.source_info.name_stack))
+    counted = within is None or inside
+    if name == "conv_general_dilated" and counted:
       out = eqn.outvars[0].aval.shape
       rhs = eqn.invars[1].aval.shape
       out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
       total += math.prod(out) * (math.prod(rhs) // rhs[out_feature_dim])
-    elif name == "dot_general":
+    elif name == "dot_general" and counted:
       lhs = eqn.invars[0].aval.shape
       rhs = eqn.invars[1].aval.shape
       (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
@@ -47,7 +57,7 @@ def count_macs(jaxpr) -> int:
     else:
       multiplier = eqn.params.get("length", 1) if name == "scan" else 1
       for sub in _sub_jaxprs(eqn.params):
-        total += multiplier * count_macs(sub)
+        total += multiplier * count_macs(sub, within, inside)
   return total
 
 
@@ -62,16 +72,21 @@ def video_gflops(model, variables, num_frames: int, resolution: int,
   The model must not carry an in-model resize (``input_size``): the count is
   for a network fed ``resolution`` directly, as the paper reports.
 
-  Returns ``{"gflops": paper convention (GMACs), "xla_gflops": XLA's compiled
-  count (it counts a multiply-add as 2 and includes BN, ReLU, pooling), ...}``.
+  Returns ``{"gflops": paper convention (GMACs of conv and linear layers),
+  "attention_gflops": GMACs of the attention matrix products (transformers; not
+  in ``gflops``), "xla_gflops": XLA's compiled count (it counts a multiply-add
+  as 2 and includes BN, ReLU, pooling), ...}``.
   """
   if model.input_size is not None:
     model = model.clone(input_size=None)
   video = jax.ShapeDtypeStruct((1, num_frames, resolution, resolution, model.in_channels),
                                jnp.float32)
   fn = functools.partial(_forward, model)
-  macs = count_macs(jax.make_jaxpr(fn)(variables, video))
-  result = {"resolution": resolution, "num_frames": num_frames, "gflops": macs / 1e9}
+  jaxpr = jax.make_jaxpr(fn)(variables, video)
+  macs = count_macs(jaxpr)
+  attention = count_macs(jaxpr, within=swin.ATTENTION_SCOPE)
+  result = {"resolution": resolution, "num_frames": num_frames,
+            "gflops": (macs - attention) / 1e9, "attention_gflops": attention / 1e9}
   if with_xla:
     compiled = jax.jit(fn).lower(variables, video).compile()
     cost = compiled.cost_analysis()
@@ -87,7 +102,7 @@ def gflops_table(model, variables, num_frames: int, resolutions: Iterable[int],
   """:func:`video_gflops` for each resolution; raises a clear error for a
   resolution the model cannot take."""
   rows = []
-  stride = model.backbone.total_stride
+  stride = models.min_resolution(model)
   for r in resolutions:
     r = int(r)
     if r < stride:
@@ -96,19 +111,38 @@ def gflops_table(model, variables, num_frames: int, resolutions: Iterable[int],
   return rows
 
 
-def format_table(rows, reference=None) -> str:
-  """A plain-text table; ``reference`` maps resolution -> paper GFLOPs."""
-  head = f"{'resolution':>10} {'GFLOPs/video':>13} {'XLA GFLOPs':>11}"
+def format_table(rows, reference=None, views: int = 1) -> str:
+  """A plain-text table; ``reference`` maps resolution -> paper GFLOPs per video.
+
+  With ``views > 1`` (multi-view testing: clips x crops) the GFLOPs per video
+  are ``views`` times those of one view, and both are shown. For models with
+  attention, ``+attention`` adds the attention matrix products per video.
+  """
+  attention = any(row.get("attention_gflops") for row in rows)
+  head = f"{'resolution':>10}"
+  if views > 1:
+    head += f" {'GFLOPs/view':>12}"
+  head += f" {'GFLOPs/video':>13}"
+  if attention:
+    head += f" {'+attention':>11}"
+  head += f" {'XLA GFLOPs':>11}"
   if reference:
     head += f" {'paper':>7} {'diff':>7}"
   lines = [head]
   for row in rows:
     xla = row.get("xla_gflops")
-    xla = f"{xla:>11.2f}" if xla is not None else f"{'-':>11}"
-    line = f"{row['resolution']:>10} {row['gflops']:>13.2f} {xla}"
+    xla = f"{xla * views:>11.2f}" if xla is not None else f"{'-':>11}"
+    per_video = row["gflops"] * views
+    line = f"{row['resolution']:>10}"
+    if views > 1:
+      line += f" {row['gflops']:>12.2f}"
+    line += f" {per_video:>13.2f}"
+    if attention:
+      line += f" {(row['gflops'] + row['attention_gflops']) * views:>11.2f}"
+    line += f" {xla}"
     if reference and row["resolution"] in reference:
       ref = reference[row["resolution"]]
-      line += f" {ref:>7.1f} {100 * (row['gflops'] - ref) / ref:>+6.1f}%"
+      line += f" {ref:>7.1f} {100 * (per_video - ref) / ref:>+6.1f}%"
     lines.append(line)
   return "\n".join(lines)
 
@@ -117,6 +151,18 @@ def format_table(rows, reference=None) -> str:
 # Table 2 (TSM ResNet-50, 8 frames).
 PAPER_TABLE4 = {224: 65.9, 144: 28.3, 112: 17.4, 96: 12.1, 72: 8.3, 56: 4.8}
 PAPER_TABLE2 = {224: 32.7, 112: 8.7}
+# Table 3 (other architectures): GFLOPs per video over the test views (clips x crops).
+PAPER_TABLE3 = {
+    "slowonly_r50": {"frames": 8, "views": 30, "gflops": {224: 1260.0, 112: 332.0}},
+    # Table 3 labels both Swin rows Swin_S (224 and 112); they match Swin-S's conv +
+    # linear multiply-adds (136.6 and 35.1 per 32x2x1 view x 4 clips x 3 crops), without
+    # the attention matrix products. The paper gives no figure for the Swin-B teacher.
+    "swin_s": {"frames": 32, "views": 12, "gflops": {224: 1639.0, 112: 421.0}},
+    "swin_b": {"frames": 32, "views": 12, "gflops": {}},
+    "swin_t": {"frames": 32, "views": 12, "gflops": {}},
+}
+# Resolutions shown for a Table 3 architecture without paper figures.
+TABLE3_RESOLUTIONS = (224, 112)
 
 
 def main(argv=None) -> int:
@@ -124,32 +170,53 @@ def main(argv=None) -> int:
   import argparse
   import sys
 
-  from reskd_jax import models
   parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("--arch", default="resnet50")
+  parser.add_argument("--arch", default="resnet50", help=f"one of {', '.join(models.names())}")
   parser.add_argument("--tsm", action="store_true")
-  parser.add_argument("--frames", type=int, default=None, help="default: 16 (TSN) / 8 (TSM)")
+  parser.add_argument("--frames", type=int, default=None,
+                      help="default: 16 (TSN) / 8 (TSM) / Table 3's for its architectures")
+  parser.add_argument("--views", type=int, default=None,
+                      help="test views per video (clips x crops); default: Table 3's (30 "
+                           "for SlowOnly), else 1")
   parser.add_argument("--resolutions", default=None,
                       help="comma-separated; default: the paper's table for the model")
-  parser.add_argument("--num-classes", type=int, default=200)
+  parser.add_argument("--num-classes", type=int, default=None,
+                      help="default: 400 for Table 3's architectures, else 200")
   parser.add_argument("--xla", action="store_true", help="also compile for XLA's count")
   args = parser.parse_args(argv)
-  reference = PAPER_TABLE2 if args.tsm else PAPER_TABLE4
-  frames = args.frames or (8 if args.tsm else 16)
+  table3 = PAPER_TABLE3.get(args.arch)
+  if table3 is not None:
+    reference, frames, views = table3["gflops"], table3["frames"], table3["views"]
+  else:
+    reference = PAPER_TABLE2 if args.tsm else PAPER_TABLE4
+    frames, views = (8 if args.tsm else 16), 1
+  show_reference = ((args.frames in (None, frames)) and (args.views in (None, views))
+                    and (table3 is not None or args.arch == "resnet50"))
+  frames = args.frames or frames
+  views = args.views or views
+  num_classes = args.num_classes or (400 if table3 is not None else 200)
   try:
+    models.check_name(args.arch, "--arch")
     resolutions = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
-                   else sorted(reference, reverse=True))
-    model = models.build_model(args.arch, args.num_classes, tsm=args.tsm, num_segments=frames)
+                   else sorted(reference or TABLE3_RESOLUTIONS, reverse=True))
+    options = {"tsm": True, "num_segments": frames} if args.tsm else {}
+    model = models.build_model(args.arch, num_classes, **options)
     variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), frames,
                                                              max(resolutions)))
     rows = gflops_table(model, variables, frames, resolutions, with_xla=args.xla)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  show_reference = args.arch == "resnet50" and frames == (8 if args.tsm else 16)
-  print(f"{'TSM ' if args.tsm else 'TSN '}{args.arch}, {frames} frames, GFLOPs per video "
-        f"(multiply-adds of conv and linear layers)")
-  print(format_table(rows, reference if show_reference else None))
+  if table3 is not None:
+    title = f"{args.arch}, {frames} frames x {views} views (Table 3)"
+  else:
+    title = f"{'TSM ' if args.tsm else 'TSN '}{args.arch}, {frames} frames"
+  print(f"{title}, GFLOPs per video (multiply-adds of conv and linear layers)")
+  print(format_table(rows, reference if show_reference else None, views=views))
+  if any(row.get("attention_gflops") for row in rows):
+    print("GFLOPs/video counts conv and linear layers only (the paper's convention, as "
+          "mmcv's counter);\n+attention adds the attention matrix products q @ k^T and "
+          "attn @ v (as the Video Swin release's own count).")
   return 0
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import flops
+from reskd_jax.models import registry
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -49,8 +50,7 @@ def _cfg_get(cfg, key, default=None):
 
 def build_student(config, dtype=jnp.float32):
   """``config.model`` without the in-model resize, at compute ``dtype``."""
-  from reskd_jax import train  # the one builder of models from configs
-  return train.build_from_config(config.model, config.num_classes, dtype=dtype).clone(
+  return registry.build_from_config(config.model, config.num_classes, dtype=dtype).clone(
       input_size=None)
 
 
@@ -60,7 +60,7 @@ def random_variables(model, num_frames: int, seed: int = 0) -> Dict[str, Any]:
   Avoids compiling ``model.init`` (slow on CPU for deep nets); values only
   need to be realistic enough to avoid denormals/NaNs in timing.
   """
-  res = model.backbone.total_stride
+  res = registry.min_resolution(model)
   shapes = jax.eval_shape(
       lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False),
       jax.ShapeDtypeStruct((1, num_frames, res, res, model.in_channels), jnp.float32))
@@ -196,7 +196,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
     raise ValueError("no resolutions to profile (config.profile.resolutions is empty)")
 
   models = {dt: build_student(config, DTYPES[dt]) for dt in ("float32", *dtypes)}
-  stride = models["float32"].backbone.total_stride
+  stride = registry.min_resolution(models["float32"])
   too_small = [r for r in resolutions if r < stride]
   if too_small:
     raise ValueError(

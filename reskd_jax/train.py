@@ -40,19 +40,8 @@ def _dtype(name: str):
   return jnp.float32 if name == "float32" else jnp.bfloat16
 
 
-def build_from_config(model_cfg, num_classes: int, *, dtype=jnp.float32, bn_axis_name=None,
-                      dropout_rate=None, num_segments=None) -> models.VideoClassifier:
-  """A model from a `configs.default.get_model_config()` block."""
-  if model_cfg.name not in models.ARCHS:
-    raise ConfigError(f"config model name {model_cfg.name!r} is unknown; expected one of "
-                      f"{sorted(models.ARCHS)}")
-  return models.build_model(
-      model_cfg.name, num_classes, tsm=model_cfg.tsm, num_segments=num_segments,
-      strides=tuple(model_cfg.strides), width=model_cfg.width,
-      stage_sizes=tuple(model_cfg.stage_sizes) if model_cfg.stage_sizes else None,
-      stem=model_cfg.stem, input_size=model_cfg.input_size,
-      dropout_rate=model_cfg.dropout_rate if dropout_rate is None else dropout_rate,
-      dtype=dtype, bn_axis_name=bn_axis_name)
+# The one builder lives in the model registry; kept here for existing callers.
+build_from_config = models.build_from_config
 
 
 def check_config(config) -> None:
@@ -71,10 +60,14 @@ def check_config(config) -> None:
     raise ConfigError(f"config.eval_metric={config.eval_metric!r}: expected one of "
                       f"{EVAL_METRICS}")
   for key in ("model", "teacher"):
-    name = config[key].name
-    if name not in models.ARCHS:
-      raise ConfigError(f"config.{key}.name={name!r} is unknown; expected one of "
-                        f"{sorted(models.ARCHS)}")
+    models.check_name(config[key].name, f"config.{key}.name")
+  frames = input_pipeline.frames_per_clip(config.data)
+  for key in ("model", "teacher") if config.mode == "reskd" else ("model",):
+    multiple = models.FAMILIES[models.family_name(config[key].name)].temporal_multiple
+    if frames % multiple:
+      raise ConfigError(f"clips have {frames} frames (config.data), but config.{key}.name="
+                        f"{config[key].name!r} takes a multiple of {multiple} frames (its "
+                        f"temporal patch size)")
   _dtype(config.dtype)
   n = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
@@ -241,9 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                             num_classes)
 
   steps_per_epoch, num_train_steps = _steps(config, info)
-  schedule = optim.learning_rate_schedule(config.optimizer, config.batch_size, steps_per_epoch,
-                                          num_train_steps,
-                                          by_epoch=config.optimizer.get("lr_by_epoch", True))
+  # With gradient accumulation the schedule counts optimizer updates, `step` micro-batches.
+  accum = optim.grad_accum_steps(config.optimizer)
+  schedule = optim.learning_rate_schedule(
+      config.optimizer, *optim.schedule_steps(config.optimizer, config.batch_size,
+                                              steps_per_epoch, num_train_steps),
+      by_epoch=config.optimizer.get("lr_by_epoch", True))
   tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
   state = train_step.create_train_state(variables, tx)
 
@@ -290,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       history.append(metrics)
       if step % config.log_every_steps == 0 or step == num_train_steps:
         summary = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
-        summary["learning_rate"] = float(schedule(step - 1))
+        summary["learning_rate"] = float(schedule((step - 1) // accum))
         history = []
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",

@@ -78,10 +78,12 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
 
     teacher_out = None
     if use_kd:
-      # The authors' teacher: BatchNorm on batch statistics, no gradient, no update.
+      # The authors' teacher: BatchNorm on batch statistics, no gradient, no update
+      # (Video Swin: stochastic depth active, as the release's teacher in train mode).
       if teacher_train_mode_bn:
         teacher_out, _ = teacher.apply(teacher_vars, video, train=True, return_dict=True,
-                                       mutable=["batch_stats"])
+                                       mutable=["batch_stats"],
+                                       rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
       else:
         teacher_out = teacher.apply(teacher_vars, video, train=False, return_dict=True)
       teacher_out = jax.lax.stop_gradient(teacher_out)

@@ -37,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reskd_jax import augment  # noqa: E402
+from reskd_jax.models import registry as model_registry  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = augment.IMAGENET_MEAN, augment.IMAGENET_STD
 
@@ -185,7 +186,6 @@ def figure4(models: Mapping[str, Tuple[Any, Any]], videos, out_dir: str,
 def model_from_workdir(path: str, overrides: Optional[Mapping[str, Any]] = None):
   """(model, variables) from a variables directory / workdir and its meta.json."""
   from reskd_jax import checkpoint
-  from reskd_jax.models import build_model
 
   meta = dict(checkpoint.load_metadata(path))
   meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -193,17 +193,12 @@ def model_from_workdir(path: str, overrides: Optional[Mapping[str, Any]] = None)
   if "arch" not in meta:
     raise ValueError(f"{path}: meta.json has no 'arch'; pass --arch")
   num_classes = meta.get("num_classes") or int(variables["params"]["fc"]["bias"].shape[0])
-  kwargs = {}
-  for key in ("strides", "stage_sizes"):
-    if meta.get(key):
-      kwargs[key] = tuple(meta[key])
-  for key in ("width", "stem"):
-    if meta.get(key):
-      kwargs[key] = meta[key]
   tsm = bool(meta.get("tsm", False))
-  model = build_model(meta["arch"], int(num_classes), tsm=tsm,
-                      num_segments=meta.get("num_segments") if tsm else None, **kwargs)
-  return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  # The videos are resized by load_videos, not inside the model.
+  model = model_registry.build_from_config(
+      meta, int(num_classes), num_segments=meta.get("num_segments") if tsm else None
+  ).clone(input_size=None)
+  return model, {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 
 
 def load_videos(path: str, resolution: Optional[int] = None, normalized: bool = False,

@@ -43,7 +43,7 @@ def test_temporal_shift_matches_numpy(channels):
   assert not np.array_equal(np.asarray(got), x)
 
 
-@pytest.mark.parametrize("name", sorted(models.ARCHS))
+@pytest.mark.parametrize("name", models.names("resnet"))
 @pytest.mark.parametrize("tsm", [False, True])
 def test_output_shapes_every_depth(name, tsm):
   model = models.build_model(name, 7, tsm=tsm, num_segments=4, width=8)

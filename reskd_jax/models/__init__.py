@@ -1,23 +1,44 @@
-"""Video models: one module per family (``resnet``: 2D ResNet / TSM / TSN).
+"""Video models: one module per family and one registry of names.
 
-Public entry point: :func:`build_model`. Models know nothing about data or
-training; they map a video ``(B, T, H, W, 3)`` to logits ``(B, num_classes)``.
+Families: ``resnet`` (2D ResNet / TSM / TSN), ``slowonly`` (3D ResNet,
+mmaction2 ResNet3dSlowOnly), ``swin`` (Video Swin
+Transformer). :mod:`reskd_jax.models.registry` is the one
+place that says which architectures exist (:data:`ARCHS`) and how a name or a
+config block becomes a model (:func:`build_model`, :func:`build_from_config`).
+Models know nothing about data or training; they map a video
+``(B, T, H, W, 3)`` to logits ``(B, num_classes)``.
 """
 
-from reskd_jax.models.resnet import (  # noqa: F401
+from reskd_jax.models.registry import (  # noqa: F401
     ARCHS,
+    FAMILIES,
+    Family,
+    UnknownModelError,
+    build_from_config,
+    build_model,
+    check_name,
+    config_options,
+    default_options,
+    family_name,
+    family_of,
+    feature_channels,
+    feature_shape,
+    feature_size,
+    init_variables,
+    min_resolution,
+    names,
+    with_bn_axis,
+)
+from reskd_jax.models.resnet import (  # noqa: F401
     BN_EPSILON,
     BN_MOMENTUM,
     BasicBlock,
     Bottleneck,
     ResNet,
     VideoClassifier,
-    build_model,
     conv_kernel_init,
-    feature_channels,
-    feature_size,
     head_kernel_init,
-    init_variables,
     temporal_shift,
-    with_bn_axis,
 )
+from reskd_jax.models.slowonly import SlowOnly  # noqa: F401
+from reskd_jax.models.swin import SwinClassifier  # noqa: F401

@@ -4,8 +4,9 @@ Everything is NHWC. Convolutions and the stem max-pool use explicit symmetric
 padding, so that converted PyTorch weights give the same outputs (Flax's
 ``SAME`` pads stride-2 layers asymmetrically, which PyTorch never does).
 
-Public entry point: :func:`build_model`. Models know nothing about data or
-training; they map a video ``(B, T, H, W, 3)`` to logits ``(B, num_classes)``.
+Built through the registry (``reskd_jax.models.build_model``), which names the
+depths. Models know nothing about data or training; they map a video
+``(B, T, H, W, 3)`` to logits ``(B, num_classes)``.
 """
 
 from __future__ import annotations
@@ -235,48 +236,40 @@ class VideoClassifier(nn.Module):
     return logits
 
 
-ARCHS = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-    "resnet101": (Bottleneck, (3, 4, 23, 3)),
-    "resnet152": (Bottleneck, (3, 8, 36, 3)),
-}
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def build_model(name: str, num_classes: int, *, tsm: bool = False,
-                num_segments: Optional[int] = None,
-                strides: Sequence[int] = (1, 2, 2, 2), width: int = 64,
-                stage_sizes: Optional[Sequence[int]] = None, stem: str = "imagenet",
-                input_size: Optional[int] = None, dropout_rate: float = 0.5,
-                dtype: Any = jnp.float32, bn_axis_name: Optional[str] = None,
-                in_channels: int = 3) -> VideoClassifier:
-  """Builds a video classifier ``name`` in {resnet18, ..., resnet152}.
+def build(num_classes: int, *, block: str, stage_sizes: Sequence[int], tsm: bool = False,
+          num_segments: Optional[int] = None, strides: Sequence[int] = (1, 2, 2, 2),
+          width: int = 64, stem: str = "imagenet", input_size: Optional[int] = None,
+          dropout_rate: float = 0.5, dtype: Any = jnp.float32,
+          bn_axis_name: Optional[str] = None, in_channels: int = 3) -> VideoClassifier:
+  """A 2D ResNet video classifier (the registry gives ``block``/``stage_sizes`` per name).
 
   Args:
+    block: ``"basic"`` (ResNet-18/34) or ``"bottleneck"`` (ResNet-50 and deeper).
+    stage_sizes: blocks per stage (the depth).
     tsm: temporal shift (residual shift before conv1 of every block).
     num_segments: frames per clip; required for TSM on rank-4 inputs.
     strides: per-stage strides; ``(1, 1, 2, 2)`` is the paper's R50-S.
     width: channels of the first stage (64 in torchvision); tiny nets use 8.
-    stage_sizes: blocks per stage, overriding the depth of ``name``.
     stem: ``"imagenet"`` (7x7/2 conv + max-pool) or ``"small"`` (3x3/2 conv).
     input_size: resize frames inside the model (bilinear, no antialiasing),
       how the ResKD student gets 112 px from the teacher's 224 crop.
     dtype: compute dtype (parameters stay float32).
     bn_axis_name: mesh axis for synchronised BatchNorm (None: per device).
   """
-  if name not in ARCHS:
-    raise ValueError(f"unknown model name {name!r}; expected one of {sorted(ARCHS)}")
-  block_cls, default_sizes = ARCHS[name]
+  if block not in BLOCKS:
+    raise ValueError(f"block={block!r}: expected one of {sorted(BLOCKS)}")
   strides = tuple(int(s) for s in strides)
   if len(strides) != 4 or any(s not in (1, 2) for s in strides):
     raise ValueError(f"strides={strides}: expected four values, each 1 or 2")
   if tsm and num_segments is not None and num_segments < 1:
     raise ValueError(f"num_segments={num_segments} must be positive")
-  sizes = tuple(stage_sizes) if stage_sizes is not None else default_sizes
+  sizes = tuple(int(s) for s in stage_sizes)
   if len(sizes) != 4:
     raise ValueError(f"stage_sizes={sizes}: expected four values")
-  backbone = ResNet(stage_sizes=sizes, block_cls=block_cls, strides=strides,
+  backbone = ResNet(stage_sizes=sizes, block_cls=BLOCKS[block], strides=strides,
                     width=width, stem=stem, dtype=dtype, bn_axis_name=bn_axis_name)
   return VideoClassifier(backbone=backbone, num_classes=num_classes,
                          dropout_rate=dropout_rate, input_size=input_size, tsm=tsm,
@@ -294,8 +287,8 @@ def feature_channels(model: VideoClassifier) -> int:
   return bb.width * 2**(len(bb.stage_sizes) - 1) * bb.block_cls.expansion
 
 
-def feature_size(model: VideoClassifier, resolution: int) -> int:
-  """Side of the last-stage feature map for a square input of ``resolution``."""
+def feature_shape(model: VideoClassifier, num_frames: int, resolution: int):
+  """``(T, h, w)`` of the last-stage map for ``num_frames`` square frames of ``resolution``."""
   size = model.input_size or resolution
   conv = lambda s, k, st: (s + 2 * ((k - 1) // 2) - k) // st + 1
   bb = model.backbone
@@ -305,10 +298,9 @@ def feature_size(model: VideoClassifier, resolution: int) -> int:
     size = conv(size, 3, 2)
   for s in bb.strides:
     size = conv(size, 3, s)
-  return size
+  return num_frames, size, size
 
 
-def init_variables(model: VideoClassifier, rng, num_frames: int, resolution: int):
-  """Initialises ``{"params", "batch_stats"}`` with a (1, T, r, r, C) dummy video."""
-  dummy = jnp.zeros((1, num_frames, resolution, resolution, model.in_channels), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))({"params": rng}, dummy)
+def min_resolution(model: VideoClassifier) -> int:
+  """The smallest input side the model takes (its total stride)."""
+  return model.backbone.total_stride

@@ -1,8 +1,7 @@
 """A plain-PyTorch reference ResNet / TSM video classifier (no torchvision).
 
-Used only by the weight-conversion tests, the conversion CLI's sanity checks
-and the PyTorch-vs-JAX benchmarks. Module names follow torchvision exactly
-(``conv1``, ``bn1``, ``layerX.Y.convN``, ``layerX.Y.bnN``,
+Used only by the weight-conversion tests and the PyTorch-vs-JAX benchmarks.
+Module names follow torchvision exactly (``conv1``, ``bn1``, ``layerX.Y.convN``, ``layerX.Y.bnN``,
 ``layerX.Y.downsample.{0,1}``, ``fc``), so a torchvision ImageNet state dict
 loads with ``load_state_dict`` (the ``fc`` shape aside).
 
@@ -21,13 +20,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-ARCHS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
+from reskd_jax import models
+
+# Depth -> (block type, blocks per stage), from the model registry (written once).
+ARCHS = {int(name[len("resnet"):]): (models.default_options(name)["block"],
+                                     models.default_options(name)["stage_sizes"])
+         for name in models.names("resnet")}
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:
