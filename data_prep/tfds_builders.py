@@ -105,7 +105,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(ann) for split, ann in splits.items()}
 
   def _example(self, item: Item):
-    jpegs, _, _ = encode_frames(item, self._options())
+    jpegs, _, _, _ = encode_frames(item, self._options())
     labels = list(item.labels) if self.MULTI_LABEL else item.labels[0]
     return item.video_id, {"video_id": item.video_id, "frames": jpegs,
                            ("labels" if self.MULTI_LABEL else "label"): labels}

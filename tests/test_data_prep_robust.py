@@ -10,7 +10,7 @@ import pytest
 
 from data_prep import ConversionError, ConvertOptions, convert_format
 from data_prep.cli import main as cli_main
-from data_prep.testing import make_frames, put_frames, put_video, read_records
+from data_helpers import make_frames, put_frames, put_video, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = ConvertOptions(short_side=32, jpeg_quality=90)
@@ -145,8 +145,10 @@ def test_nothing_valid_fails_cleanly_and_keeps_existing_manifest(tmp_path, capsy
   before = (tmp_path / "out" / "manifest.json").read_bytes()
   ann = tmp_path / "val.txt"
   ann.write_text("v/gone1.mp4 0\nv/gone2.mp4 1\nv/good0.mp4 9\n")
+  # (--classes given: a label outside it is a per-video skip, not a stop before any work)
   code = cli_main(["minik", f"--annotations={ann}", f"--source={src}", "--split=val",
-                   f"--out={tmp_path / 'out'}", "--workers=1", "--short-side=32"])
+                   f"--out={tmp_path / 'out'}", "--workers=1", "--short-side=32",
+                   f"--classes={tmp_path / 'classes.txt'}"])
   err = capsys.readouterr().err
   assert code == 2
   assert "error: no video of split 'val' could be converted" in err
