@@ -52,6 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reskd_jax import records
 from reskd_jax import sampling
+from reskd_jax import shard_check
 
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_CYCLE_LENGTH = 16  # shards read in parallel per host
@@ -354,6 +355,8 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   index, count = _resolve_process(process_index, process_count)
   manifest = records.read_manifest(data_cfg.data_dir)
   files = _split_files(data_cfg.data_dir, manifest, split)
+  shard_check.check_sizes(files, manifest["splits"][split].get("shard_bytes"))
+  shard_check.register(files)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
                         start_step, manifest)
@@ -502,7 +505,7 @@ def prefetch_to_mesh(iterator: Iterable, mesh: jax.sharding.Mesh, size: int = 2,
     raise ValueError(f"mesh has no axis {axis!r} (axes: {mesh.axis_names})")
   if isinstance(iterator, tf.data.Dataset):
     iterator = iterator.as_numpy_iterator()
-  iterator = iter(iterator)
+  iterator = shard_check.name_damaged_shards(iterator)
   spec = PartitionSpec(axis)
   queue = collections.deque()
 
