@@ -3,7 +3,7 @@
 They reuse the annotation readers and frame decoders of `data_prep`, so a
 `tfds build` gives the same frames as `python -m data_prep`:
 
-  tfds build --imports=data_prep.tfds_builders reskd_minik --manual_dir=/data/minik
+  tfds build --imports=data_prep.tfds_builders reskd_minik --manual_dir=data/minik_manual
   ds = tfds.load("reskd_minik", split="train")   # after `import data_prep.tfds_builders`
 
 Features: video_id (text), frames (a sequence of JPEG images, short side
