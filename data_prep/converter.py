@@ -141,7 +141,7 @@ def convert(annotations: Annotations, out_dir: str, split: str,
     partial = []
     for res in results:
       skipped.extend({"item": s["item"], "reason": s["reason"]} for s in res["skipped"])
-      partial.extend(res.get("partial", []))
+      partial.extend({"item": p["item"], "reason": p["reason"]} for p in res["partial"])
     num_videos = sum(r["num_videos"] for r in results)
     _print_skips(skipped, warn)
     for p in partial:

@@ -6,7 +6,7 @@ contiguous runs), so a rerun builds the same shards. Each shard is written to
 `.<shard>.json` (renamed just before the shard) records its count, its skipped
 and partial items, a fingerprint of its items and options, and the written
 file's size and SHA-256 checksum. A rerun keeps every shard whose sidecar
-fingerprint matches, whose skipped items' sources are unchanged on disk and
+fingerprint matches, whose skipped and partial items' sources are unchanged on disk and
 whose file still has the recorded size and checksum (a shard cut short or
 damaged since is written again), and rewrites the others.
 """
@@ -97,7 +97,7 @@ def check(task: ShardTask) -> Tuple[Optional[dict], Optional[str]]:
   if not isinstance(side, dict) or side.get("fingerprint") != task.fingerprint():
     return None, None
   by_id = {i.video_id: i for i in task.items}
-  for s in side.get("skipped", []):
+  for s in side.get("skipped", []) + side.get("partial", []):
     item = by_id.get(s.get("item"))
     if item is None or source_state(item) != s.get("state"):
       return None, None  # a bad source was fixed (or replaced): convert the shard again
@@ -144,7 +144,8 @@ def write_shard(task: ShardTask) -> dict:
         writer.write(record)
         count += 1
         if why_partial:
-          partial.append({"item": item.video_id, "reason": why_partial})
+          partial.append({"item": item.video_id, "reason": why_partial,
+                          "state": source_state(item)})
         continue
       skipped.append({"item": item.video_id, "reason": reason, "state": source_state(item)})
   with open(tmp, "rb") as f:

@@ -40,7 +40,9 @@ def resolve(item: Item) -> str:
     for ext in VIDEO_EXTENSIONS:
       if os.path.isfile(path + ext):
         return path + ext
-  tried = item.source if not item.alternatives else f"{item.source} (or {', '.join(item.alternatives)} with a video extension)"
+  tried = item.source
+  if item.alternatives:
+    tried += f" (or {', '.join(item.alternatives)} with a video extension)"
   raise ItemError(f"missing file: {tried}")
 
 

@@ -244,6 +244,12 @@ def test_partial_videos_are_skipped_or_kept_as_partial(tmp_path, capsys):
   assert "partial v/gap (kept: --allow-partial)" in err
   _, records = read_records(tmp_path / "kept", "train")
   assert records["v/gap"][1].shape[0] == 4 and 0 < records["v/cut"][1].shape[0] < 24
+  # the missing frame restored: a rerun converts the video again, now whole
+  put_frames(str(src / "v" / "gap"), make_frames(6, num=5))
+  assert run_cli(capsys, *args, f"--out={tmp_path / 'kept'}", "--allow-partial")[0] == 0
+  _, records = read_records(tmp_path / "kept", "train")
+  assert records["v/gap"][1].shape[0] == 5
+  assert [p["item"] for p in converted(tmp_path / "kept")[2]["partial"]] == ["v/cut"]
 
 
 def test_rawframes_num_frames_must_match_the_folder(tmp_path, capsys):
