@@ -108,7 +108,7 @@ def convert(annotations: Annotations, out_dir: str, split: str,
   Raises ConversionError when `out_dir` is unusable, when its manifest or a running
   conversion into it has another class list (checked before converting), or when no
   video at all could be converted (nothing of the existing manifest is changed then,
-  and no shard of this split is left). `processes`: a `data_prep.pool.Pool` to use
+  and no shard of a split it does not list is left). `processes`: a `data_prep.pool.Pool` to use
   (kept by the caller across calls) instead of starting `workers` processes. The
   default shard count is the shard count already in `<out_dir>/<split>` when there is
   one (a resumed conversion), else `shards.default_num_shards`.
@@ -147,7 +147,8 @@ def convert(annotations: Annotations, out_dir: str, split: str,
     for p in partial:
       warn(f"partial {p['item']} (kept: --allow-partial): {p['reason']}")
     if num_videos == 0:
-      _remove_shards(split_dir, shards, split_created)
+      if split not in (manifest.load(out_dir) or {}).get("splits", {}):
+        _remove_shards(split_dir, shards, split_created)  # no 0-video shards left behind
     else:
       _remove_stale_shards(split_dir, split, set(shards), log)
       # Per-shard counts (results are in task order) let every host of a multi-host

@@ -155,6 +155,7 @@ def test_nothing_valid_fails_cleanly_and_keeps_existing_manifest(tmp_path, capsy
   for name in ("v/gone1", "v/gone2", "v/good0"):
     assert f"skipped {name}:" in err
   assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+  assert not (tmp_path / "out" / "val").exists()  # no 0-video shard left behind
   with pytest.raises(ConversionError, match="nothing to convert"):
     convert(tmp_path, ["v/good0.mp4 5"], src)  # no item with a valid label at all
 
