@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import ConversionError, ConvertOptions, convert_format
+from data_prep import ConversionError, ConvertOptions, convert_format, pool
 from data_prep.cli import main as cli_main
 from data_helpers import make_frames, put_frames, put_video, read_records
 
@@ -231,7 +231,6 @@ def test_killed_conversion_resumes_to_identical_files(tmp_path):
 
 
 def test_pool_reports_failures_and_dead_workers():
-  from data_prep import pool
   with pool.Pool(2) as p:
     assert p.run(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
     with pytest.raises(RuntimeError, match="ValueError"):
