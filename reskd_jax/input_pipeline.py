@@ -57,6 +57,9 @@ from reskd_jax import shard_check
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_CYCLE_LENGTH = 16  # shards read in parallel per host
 _EOI_WINDOW = 32  # a JPEG's end-of-image marker must lie in its last bytes
+# Pixels decoded around a crop window: libjpeg's chroma upsampling at a
+# window's edge needs the neighbouring column (1 suffices; 2 for safety).
+_CROP_MARGIN = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,16 @@ def frames_per_clip(data_cfg) -> int:
   return data_cfg.num_frames if data_cfg.sampling == "tsn" else data_cfg.clip_len
 
 
+def decode_scale(data_cfg) -> int:
+  """`data.decode_scale` (1 when the config predates it): JPEG decoding at 1/scale size."""
+  return int(data_cfg.get("decode_scale", 1))
+
+
+def output_size(data_cfg) -> int:
+  """S of the output: crop_size, divided by the decode scale (112 for 224 at scale 2)."""
+  return data_cfg.crop_size // decode_scale(data_cfg)
+
+
 def num_views(data_cfg) -> int:
   """V of the eval output: test_num_clips * test_num_crops."""
   return data_cfg.test_num_clips * data_cfg.test_num_crops
@@ -100,6 +113,12 @@ def _validate_config(data_cfg) -> None:
               "shuffle_buffer"):
     if int(data_cfg[key]) < 1:
       raise ValueError(f"data.{key} must be >= 1, got {data_cfg[key]}")
+  scale = decode_scale(data_cfg)
+  if scale not in (1, 2, 4, 8):
+    raise ValueError(f"data.decode_scale must be 1, 2, 4 or 8 (JPEG's DCT scaling), got {scale}")
+  if data_cfg.crop_size % scale or data_cfg.short_side % scale:
+    raise ValueError(f"data.crop_size ({data_cfg.crop_size}) and data.short_side "
+                     f"({data_cfg.short_side}) must be multiples of data.decode_scale ({scale})")
   if data_cfg.short_side < data_cfg.crop_size:
     raise ValueError(f"data.short_side ({data_cfg.short_side}) must be >= data.crop_size "
                      f"({data_cfg.crop_size})")
@@ -158,20 +177,24 @@ def _check_labels(example, num_classes: int, split: str):
 def _looks_like_jpeg(strings):
   """Start-of-image marker first and an end-of-image marker in the last bytes (truncation)."""
   length = tf.strings.length(strings)
-  two = tf.fill(tf.shape(length), 2)
-  ok = tf.equal(tf.strings.substr(strings, tf.zeros_like(length), two), b"\xff\xd8")
-  has_eoi = tf.zeros_like(ok)
-  for back in range(2, _EOI_WINDOW + 2):
-    pos = tf.maximum(length - back, 0)
-    has_eoi = tf.logical_or(has_eoi, tf.equal(tf.strings.substr(strings, pos, two), b"\xff\xd9"))
-  return tf.logical_and(tf.logical_and(ok, has_eoi), length >= 4)
+  head = tf.io.decode_raw(tf.strings.substr(strings, tf.zeros_like(length), tf.fill(
+      tf.shape(length), 2)), tf.uint8, fixed_length=2)
+  # The last _EOI_WINDOW + 1 bytes (zero-padded when shorter) hold the pairs that may be EOI.
+  tail_len = _EOI_WINDOW + 1
+  tail = tf.io.decode_raw(tf.strings.substr(strings, tf.maximum(length - tail_len, 0),
+                                            tf.fill(tf.shape(length), tail_len)),
+                          tf.uint8, fixed_length=tail_len)
+  soi = tf.logical_and(tf.equal(head[:, 0], 0xFF), tf.equal(head[:, 1], 0xD8))
+  eoi = tf.reduce_any(tf.logical_and(tf.equal(tail[:, :-1], 0xFF), tf.equal(tail[:, 1:], 0xD9)),
+                      axis=1)
+  return tf.logical_and(tf.logical_and(soi, eoi), length >= 4)
 
 
-def _decode_frames(example, indices, split: str):
-  """Decodes only frames[indices], each distinct frame once.
+def _jpegs(example, indices, split: str):
+  """The JPEG strings of frames[indices], each distinct frame once, checked for truncation.
 
-  Returns uint8 [U, H, W, 3] for the U distinct indices, and `inverse` with
-  indices == unique[inverse] (gather it to restore the sampled order).
+  Returns the U distinct strings and `inverse` with indices == unique[inverse]
+  (gather the decoded frames with it to restore the sampled order).
   """
   unique, inverse = tf.unique(tf.reshape(indices, [-1]))
   strings = tf.gather(example["frames"], unique)
@@ -181,11 +204,58 @@ def _decode_frames(example, indices, split: str):
       [f"corrupt JPEG frame in split {split}; video_id:", example["video_id"],
        "frame indices:", tf.boolean_mask(unique, tf.logical_not(ok))])
   with tf.control_dependencies([check]):
-    strings = tf.identity(strings)
-  images = tf.map_fn(
-      lambda s: tf.io.decode_jpeg(s, channels=3, dct_method="INTEGER_ACCURATE"), strings,
-      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  return images, inverse
+    return tf.identity(strings), inverse
+
+
+def _decode(strings, ratio: int, window=None):
+  """uint8 [U, h, w, 3]: every JPEG decoded at 1/`ratio` scale, whole or only `window`.
+
+  `window` is [y, x, height, width] in pixels of the scaled frame. libjpeg
+  decodes only the rows and iMCU columns the window touches.
+  """
+  kwargs = dict(channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+  if window is None:
+    fn = lambda s: tf.io.decode_jpeg(s, **kwargs)
+  else:
+    fn = lambda s: tf.image.decode_and_crop_jpeg(s, window, **kwargs)
+  return tf.map_fn(fn, strings, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def _decoded_size(strings, ratio: int):
+  """(h, w) of the first frame decoded at 1/`ratio` scale (libjpeg rounds up), from its header."""
+  shape = tf.image.extract_jpeg_shape(strings[0])
+  return -(-shape[0] // ratio), -(-shape[1] // ratio)
+
+
+def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn):
+  """Decodes frames, resizes them to `short_side` and returns the crops `boxes_fn` picks.
+
+  `boxes_fn(h, w)` gives a list of (x, y, w, h) boxes in pixels of the
+  short-side-resized frame (h, w). When the stored frames already have that
+  size (data converted at the training short side), only the window spanning
+  the boxes is decoded (`tf.image.decode_and_crop_jpeg`), widened by
+  `_CROP_MARGIN` pixels so that chroma upsampling at its edges sees the same
+  neighbours as a full decode: the crops equal full decode then crop, bit for
+  bit. Otherwise the frames are decoded whole and resized first.
+  """
+  dec_h, dec_w = _decoded_size(strings, ratio)
+  new_h, new_w = sampling.short_side_size(dec_h, dec_w, short_side)
+  boxes = boxes_fn(new_h, new_w)
+
+  def crop_window():
+    x0 = tf.maximum(tf.reduce_min(tf.stack([b[0] for b in boxes])) - _CROP_MARGIN, 0)
+    y0 = tf.maximum(tf.reduce_min(tf.stack([b[1] for b in boxes])) - _CROP_MARGIN, 0)
+    x1 = tf.minimum(tf.reduce_max(tf.stack([b[0] + b[2] for b in boxes])) + _CROP_MARGIN, dec_w)
+    y1 = tf.minimum(tf.reduce_max(tf.stack([b[1] + b[3] for b in boxes])) + _CROP_MARGIN, dec_h)
+    images = _decode(strings, ratio, tf.stack([y0, x0, y1 - y0, x1 - x0]))
+    return [_crop(images, x - x0, y - y0, w, h) for x, y, w, h in boxes]
+
+  def whole_frames():
+    images = _resize(_decode(strings, ratio), new_h, new_w)
+    return [_crop(images, x, y, w, h) for x, y, w, h in boxes]
+
+  stored_at_size = tf.logical_and(tf.equal(dec_h, new_h), tf.equal(dec_w, new_w))
+  return tf.cond(stored_at_size, crop_window, whole_frames)
 
 
 def _resize(images, height, width):
@@ -193,17 +263,14 @@ def _resize(images, height, width):
   shape = tf.shape(images)
 
   def resize():
-    out = tf.image.resize(images, tf.stack([height, width]), method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    # The kernel interpolates in float32 either way; it runs faster on float32 input.
+    out = tf.image.resize(tf.cast(images, tf.float32), tf.stack([height, width]),
+                          method="bilinear", antialias=False)
+    # A convex combination of uint8 values: rounding alone keeps it in [0, 255].
+    return tf.cast(tf.round(out), tf.uint8)
 
   same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
   return tf.cond(same, lambda: images, resize)
-
-
-def _resize_short_side(images, short_side: int):
-  shape = tf.shape(images)
-  new_h, new_w = sampling.short_side_size(shape[1], shape[2], short_side)
-  return _resize(images, new_h, new_w)
 
 
 def _crop(images, x, y, w, h):
@@ -216,7 +283,8 @@ def _multihot(labels, num_classes: int):
 
 def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   """One parsed video -> {"video": uint8 [T, S, S, 3], "label", "multilabel"}."""
-  s = data_cfg.crop_size
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   n = _num_frames(example, split)
   labels = _check_labels(example, num_classes, split)
@@ -226,17 +294,19 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   else:
     u = tf.random.stateless_uniform([1], seeds[0], dtype=tf.float64)
     indices = sampling.dense_train_indices(n, data_cfg.clip_len, data_cfg.frame_interval, u)
-  images, inverse = _decode_frames(example, indices, split)
-  images = _resize_short_side(images, data_cfg.short_side)
-  shape = tf.shape(images)
+  strings, inverse = _jpegs(example, indices, split)
   u_crop = tf.random.stateless_uniform([2], seeds[1], dtype=tf.float64)
-  if data_cfg.multiscale_crop:
-    x, y, w, h = sampling.sample_multiscale_crop(
-        shape[1], shape[2], s, tuple(data_cfg.scales), data_cfg.max_wh_scale_gap, u_crop)
-  else:
-    x, y = sampling.random_crop_offset(shape[1], shape[2], s, u_crop)
-    w = h = tf.constant(s)
-  images = _resize(_crop(images, x, y, w, h), s, s)
+
+  def box(h, w):
+    if data_cfg.multiscale_crop:
+      return [sampling.sample_multiscale_crop(h, w, s, tuple(data_cfg.scales),
+                                              data_cfg.max_wh_scale_gap, u_crop)]
+    x, y = sampling.random_crop_offset(h, w, s, u_crop)
+    return [(x, y, tf.constant(s), tf.constant(s))]
+
+  crop, = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
+                        boxes_fn=box)
+  images = _resize(crop, s, s)
   video = tf.gather(images, inverse)
   u_label = tf.random.stateless_uniform([], seeds[2], dtype=tf.float64)
   label = labels[sampling.randint(u_label, tf.size(labels))]
@@ -250,7 +320,8 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
 
 def _eval_example(example, *, data_cfg, num_classes: int, split: str):
   """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
-  s = data_cfg.crop_size
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
   clips = data_cfg.test_num_clips
   t = frames_per_clip(data_cfg)
   n = _num_frames(example, split)
@@ -259,15 +330,16 @@ def _eval_example(example, *, data_cfg, num_classes: int, split: str):
     indices = sampling.tsn_test_indices(n, data_cfg.num_frames, clips)
   else:
     indices = sampling.dense_test_indices(n, data_cfg.clip_len, data_cfg.frame_interval, clips)
-  images, inverse = _decode_frames(example, indices, split)
-  images = _resize_short_side(images, data_cfg.short_side)
-  shape = tf.shape(images)
-  if data_cfg.test_num_crops == 1:
-    x, y = sampling.center_crop_offset(shape[1], shape[2], s)
-    crops = [_crop(images, x, y, s, s)]
-  else:
-    offsets = sampling.three_crop_offsets(shape[1], shape[2], s)
-    crops = [_crop(images, offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+  strings, inverse = _jpegs(example, indices, split)
+
+  def boxes(h, w):
+    if data_cfg.test_num_crops == 1:
+      return [(*sampling.center_crop_offset(h, w, s), s, s)]
+    offsets = sampling.three_crop_offsets(h, w, s)
+    return [(offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+
+  crops = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
+                        boxes_fn=boxes)
   views = [tf.reshape(tf.gather(c, inverse), [clips, t, s, s, 3]) for c in crops]
   video = tf.concat(views, axis=0)  # view = crop * clips + clip
   return {
@@ -279,7 +351,7 @@ def _eval_example(example, *, data_cfg, num_classes: int, split: str):
 
 
 def _padding_example(data_cfg, num_classes: int):
-  s, t = data_cfg.crop_size, frames_per_clip(data_cfg)
+  s, t = output_size(data_cfg), frames_per_clip(data_cfg)
   return {
       "video": tf.zeros([num_views(data_cfg), t, s, s, 3], tf.uint8),
       "label": tf.constant(0, tf.int32),
