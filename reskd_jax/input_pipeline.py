@@ -43,7 +43,7 @@ import itertools
 import logging
 import math
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -364,17 +364,12 @@ def _padding_example(data_cfg, num_classes: int):
 # Dataset construction.
 
 
-def _read_records(files: Sequence[str], *, shuffle_files_seed: Optional[int],
-                  repeat: bool):
-  """Serialized examples, reading up to 16 shards in parallel (interleaved, deterministic)."""
-  ds = tf.data.Dataset.from_tensor_slices(list(files))
-  if shuffle_files_seed is not None:
-    ds = ds.shuffle(len(files), seed=shuffle_files_seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  return ds.interleave(
+def _read_records(files, num_files: int):
+  """Serialized examples of the shards `files` (in that order; a list or a 1-D string tensor
+  of `num_files` paths), up to 16 shards read in parallel, interleaved deterministically."""
+  return tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
-      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      cycle_length=min(num_files, _MAX_CYCLE_LENGTH), block_length=1,
       num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
@@ -488,7 +483,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   parse = records.parse_sequence_example
   cached = None
   if data_cfg.cache:
-    cached = _read_records(files, shuffle_files_seed=None, repeat=False)
+    cached = _read_records(list(files), len(files))
     if not by_file:
       cached = cached.shard(count, index)
     cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
@@ -500,10 +495,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
     else:
       order = tf.random.experimental.stateless_shuffle(
           files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
-      ds = tf.data.Dataset.from_tensor_slices(order).interleave(
-          lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
-          cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
-          num_parallel_calls=AUTOTUNE, deterministic=True)
+      ds = _read_records(order, len(files))
       if not by_file:
         ds = ds.shard(count, index)
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed)
@@ -525,7 +517,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
 def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
   expected = len(range(index, num_videos, count))  # videos this host must see
   num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
-  ds = _read_records(files, shuffle_files_seed=None, repeat=False)
+  ds = _read_records(list(files), len(files))
   if count > 1:
     ds = ds.shard(count, index)
 
