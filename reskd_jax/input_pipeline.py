@@ -5,7 +5,12 @@ What runs where
 * tf.data (host CPU): read shards (per host), shuffle, TSN / dense frame
   sampling, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
-  uint8.
+  uint8. The crop boxes are drawn before decoding (the frame size comes from
+  the JPEG header), so frames stored at the short side are decoded only over
+  the window the crops span (`tf.image.decode_and_crop_jpeg`), with the very
+  pixels a full decode would give. `data.decode_scale` = 2 or 4 decodes at
+  1/2 or 1/4 size (JPEG's DCT scaling) and shrinks short side and crop alike:
+  the cheap input of runs that only need low resolution.
 * Accelerator (the trainer, with `reskd_jax.augment.normalize` and `random_flip`):
   horizontal flip (dm-pix) and mean/std normalisation. Sending uint8 moves 4x
   fewer bytes host->device than float32, and these per-pixel photometric ops
@@ -20,7 +25,7 @@ Eval (`train=False`): one pass, deterministic order, last batch padded:
   {"video": uint8 [B, V, T, S, S, 3], "label": int32 [B] (first label),
    "multilabel": float32 [B, K], "mask": float32 [B] (1 real, 0 padding)}
 with B = per-host batch size, T = num_frames (TSN) or clip_len (dense),
-S = crop_size, V = test_num_clips * test_num_crops (view v = crop * clips + clip,
+S = crop_size // decode_scale, V = test_num_clips * test_num_crops (view v = crop * clips + clip,
 mmaction2's order), K = num_classes.
 
 Multi-host: training shards files over hosts (by example when a split has
@@ -307,7 +312,9 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   crop, = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
                         boxes_fn=box)
   images = _resize(crop, s, s)
-  video = tf.gather(images, inverse)
+  # Distinct indices (TSN on videos of T frames or more) come back in order: no copy needed.
+  distinct = tf.equal(tf.shape(images)[0], tf.size(inverse))
+  video = tf.cond(distinct, lambda: images, lambda: tf.gather(images, inverse))
   u_label = tf.random.stateless_uniform([], seeds[2], dtype=tf.float64)
   label = labels[sampling.randint(u_label, tf.size(labels))]
   t = frames_per_clip(data_cfg)
