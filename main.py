@@ -72,9 +72,9 @@ def main(argv):
     elif FLAGS.mode == "eval":
       train.evaluate_workdir(FLAGS.config, FLAGS.workdir)
     else:
-      from reskd_jax import profile
+      from reskd_jax import profiling
       resolutions = [int(r) for r in FLAGS.resolutions] if FLAGS.resolutions else None
-      profile.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
+      profiling.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
   except (train.ConfigError, FileNotFoundError, ValueError) as e:
     # Bad input (a config key, a data set, a checkpoint): one clear line.
     # RESKD_DEBUG=1 shows the traceback.

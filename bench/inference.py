@@ -17,7 +17,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
+
+from reskd_jax import convert  # noqa: E402
+from reskd_jax.models import build_model  # noqa: E402
 
 
 def main(argv=None):
@@ -34,14 +40,9 @@ def main(argv=None):
   p.add_argument("--skip-torch", action="store_true")
   args = p.parse_args(argv)
 
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import torch
+  import torch  # optional: only the benchmarks against PyTorch need it
 
-  from reskd_jax import convert
   from tests.torch_models import resnet as torch_resnet
-  from reskd_jax.models import build_model
 
   if args.threads:
     torch.set_num_threads(args.threads)

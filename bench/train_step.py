@@ -12,9 +12,16 @@ the median time per step, peak device memory where the backend reports it
 (XLA's compiled temp+argument size otherwise), and the ratio a / (b + c)
 (target: at most 1.1). The timed runs interleave (a), (b), (c) so that load
 on a shared machine hits all three alike.
+
+Then `--input-steps` ResKD steps are fed the way the trainer feeds them,
+through `input_pipeline.prefetch_to_mesh` (2 batches in flight), from the
+tf.data pipeline over `--data-dir` (converted records, e.g. those written by
+bench/input_pipeline.py) or, without it, from ready host arrays; it reports
+the fraction of step time spent waiting for the next batch.
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -26,8 +33,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from reskd_jax import augment, models, optim, train_step  # noqa: E402
+from configs import default  # noqa: E402
+from reskd_jax import augment, input_pipeline, models, optim, train_step  # noqa: E402
 
 
 def _peak_mb():
@@ -56,6 +65,10 @@ def main(argv=None):
   p.add_argument("--classes", type=int, default=200)
   p.add_argument("--runs", type=int, default=5)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--input-steps", type=int, default=5,
+                 help="ResKD steps fed through prefetch_to_mesh (0: skip)")
+  p.add_argument("--data-dir", default="",
+                 help="converted records feeding those steps (default: ready host arrays)")
   args = p.parse_args(argv)
 
   dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
@@ -85,7 +98,6 @@ def main(argv=None):
     out, _ = teacher.apply(tv, video, train=True, return_dict=True, mutable=["batch_stats"])
     return jnp.mean(out["features"])  # keep the whole forward live
 
-  from jax.sharding import PartitionSpec as P
   t_fwd = jax.jit(jax.shard_map(lambda tv, b: jax.lax.pmean(teacher_fwd(tv, b), "data"),
                                 mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
 
@@ -138,7 +150,46 @@ def main(argv=None):
     print(f"peak device memory over the run: {peak:.0f} MiB")
   ratio = med["kd"] / (med["teacher"] + med["student"])
   print(f"ratio (a) / ((b) + (c)) = {ratio:.3f}  (target <= 1.1)")
+  if args.input_steps > 0:
+    host = host_batches(args, n * args.videos, batch)
+    state_kd = input_wait(kd_step, state_kd, tvars, rng, host, mesh, args.input_steps)
   return 0
+
+
+def host_batches(args, batch_size, device_batch):
+  """Per-host {"video", "label"} NumPy batches: the tf.data pipeline, or one batch repeated."""
+  if not args.data_dir:
+    local = jax.tree.map(np.asarray, device_batch)
+    return itertools.repeat(local)
+  cfg = default.get_data_config()
+  cfg.data_dir = args.data_dir
+  cfg.num_frames = args.frames
+  cfg.crop_size = args.crop
+  info = input_pipeline.dataset_info(args.data_dir)
+  ds = input_pipeline.create_dataset(cfg, cfg.train_split, train=True, batch_size=batch_size,
+                                     num_classes=info.num_classes)
+  return ({"video": b["video"], "label": b["label"]} for b in ds.as_numpy_iterator())
+
+
+def input_wait(step, state, tvars, rng, host, mesh, steps: int):
+  """Runs `steps` steps fed by prefetch_to_mesh; prints the share of time spent waiting."""
+  batches = input_pipeline.prefetch_to_mesh(host, mesh, size=2)
+  state, m = step(state, tvars, next(batches), rng)  # warm-up: fills the pipeline
+  jax.block_until_ready(m)
+  waits, totals = [], []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    batch = next(batches)
+    t1 = time.perf_counter()
+    state, m = step(state, tvars, batch, rng)
+    jax.block_until_ready(m)
+    waits.append(t1 - t0)
+    totals.append(time.perf_counter() - t0)
+  share = sum(waits) / sum(totals)
+  print(f"input: {steps} steps through prefetch_to_mesh (2 batches ahead): waited "
+        f"{1e3 * statistics.median(waits):.1f} ms median, {1e3 * max(waits):.1f} ms at most "
+        f"per step; {100 * share:.1f}% of step time spent waiting for input")
+  return state
 
 
 if __name__ == "__main__":

@@ -25,9 +25,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from timing import median_time  # noqa: E402
 
+from reskd_jax import convert  # noqa: E402
+from reskd_jax import train_step as ts  # noqa: E402
 from reskd_jax.augment import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD  # noqa: E402
+from reskd_jax.models import build_model  # noqa: E402
 
 
 def torch_step_fn(args, video_u8, labels):
@@ -69,13 +76,6 @@ def torch_step_fn(args, video_u8, labels):
 
 
 def jax_step_fn(args, video_u8, labels, student_t, teacher_t):
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  from reskd_jax import convert
-  from reskd_jax.models import build_model
-
   student = build_model("resnet50", args.num_classes, input_size=args.student_res)
   teacher = build_model(args.teacher_arch, args.num_classes, dropout_rate=0.0)  # as train.py
   s_vars, _ = convert.convert_state_dict(student_t.state_dict(), "resnet50")
@@ -85,7 +85,6 @@ def jax_step_fn(args, video_u8, labels, student_t, teacher_t):
   rng = jax.random.PRNGKey(0)
 
   if args.jax_impl == "project":
-    from reskd_jax import train_step as ts
     mesh = ts.make_mesh(jax.devices()[:1])
     step = ts.shard_train_step(ts.make_train_step(
         student=student, tx=tx, mode="reskd", teacher=teacher, kd_method="pixel_feature",
@@ -151,9 +150,7 @@ def main(argv=None):
   p.add_argument("--skip-torch", action="store_true", help="time the JAX step only")
   args = p.parse_args(argv)
 
-  import jax
-  import numpy as np
-  import torch
+  import torch  # optional: only the benchmarks against PyTorch need it
 
   if args.threads:
     torch.set_num_threads(args.threads)

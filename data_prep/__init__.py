@@ -10,14 +10,10 @@ Public API:
 """
 
 from data_prep.annotations import FORMATS, read_annotations
-from data_prep.convert import convert, convert_format
+from data_prep.converter import convert, convert_format
+from data_prep.demo_data import prepare_demo
 from data_prep.encode import ConvertOptions
 from data_prep.items import Annotations, ConversionError, Item, ItemError, Skipped
-
-
-def prepare_demo(*args, **kwargs):
-  from data_prep.demo_data import prepare_demo as _prepare
-  return _prepare(*args, **kwargs)
 
 
 __all__ = ["FORMATS", "read_annotations", "convert", "convert_format", "ConvertOptions",

@@ -9,6 +9,9 @@ import textwrap
 from typing import Optional, Sequence
 
 from data_prep.annotations import FORMATS
+from data_prep.converter import convert_format
+from data_prep.demo_data import prepare_demo
+from data_prep.encode import ConvertOptions
 from data_prep.items import ConversionError
 
 DESCRIPTION = """\
@@ -17,10 +20,11 @@ Convert a video data set to the TFRecord layout read by reskd_jax
 SequenceExample per video, frames resized to --short-side and JPEG encoded.
 
 Run once per split into the same --out (the manifest keeps every split; the
-second split reuses the first one's class list). Bad videos are skipped and
-listed with their reason in manifest.json; the command fails (exit status 2)
-only when nothing could be converted. Interrupted? Rerun the same command:
-finished shards are kept.
+second split reuses the first one's class list, and stops before any work when
+its labels are not all in it). Bad or partial videos are skipped and listed with
+their reason in manifest.json; the command fails (exit status 2, one line) when
+its input or --out is unusable or nothing could be converted. Interrupted?
+Rerun the same command: finished shards are verified and kept.
 """
 
 FORMAT_HELP = {
@@ -99,11 +103,16 @@ def _add_convert_args(p: argparse.ArgumentParser, fmt: str):
   p.add_argument("--filename-tmpl", default="img_{:05d}.jpg",
                  help="frame file names in frame folders (default img_{:05d}.jpg)")
   p.add_argument("--num-shards", type=_positive_int, default=None,
-                 help="shards for this split (default: one per 100 videos)")
+                 help="shards for this split (default: one per 100 videos, at least one per "
+                      "worker; a rerun keeps the count already in --out)")
   p.add_argument("--workers", type=_positive_int, default=None,
                  help="parallel processes (default: CPU count; 1: in this process)")
   p.add_argument("--decode-threads", type=_non_negative, default=1,
                  help="FFmpeg decoder threads per process (default 1; 0: automatic)")
+  p.add_argument("--allow-partial", action="store_true",
+                 help="keep videos that decode only in part (fewer frames than the container "
+                      "or the list declares, gaps in a frame folder); listed as partial in "
+                      "manifest.json. Default: skip them")
   p.add_argument("--shuffle-seed", type=int, default=0,
                  help="seed of the fixed video-to-shard permutation (default 0)")
 
@@ -135,16 +144,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     if args.format == "demo":
-      from data_prep.demo_data import prepare_demo
       records = prepare_demo(args.out, num_train=args.num_train, num_test=args.num_test,
                              seed=args.seed, workers=args.workers)
       print(f"demo data set ready: {records}")
       return 0
-    from data_prep.convert import convert_format
-    from data_prep.encode import ConvertOptions
     options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,
                              frame_stride=args.frame_stride, fps=args.fps,
-                             filename_tmpl=args.filename_tmpl, decode_threads=args.decode_threads)
+                             filename_tmpl=args.filename_tmpl, decode_threads=args.decode_threads,
+                             allow_partial=args.allow_partial)
     convert_format(args.format, getattr(args, "annotations", None), args.source, args.out,
                    args.split, classes=args.classes, options=options,
                    num_shards=args.num_shards, workers=args.workers,
@@ -152,7 +159,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return e.exit_status
+  except OSError as e:  # e.g. the disk filled up while writing
+    print(f"error: {e}; finished shards are kept: rerun the same command to resume",
+          file=sys.stderr)
+    return ConversionError.exit_status
   except KeyboardInterrupt:
     print("interrupted: finished shards are kept; rerun the same command to resume",
           file=sys.stderr)

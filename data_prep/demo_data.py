@@ -1,4 +1,4 @@
-"""The synthetic demo data set (see /work/shared/reference/demo-notes.md).
+"""The synthetic demo data set: small clips whose class needs the frames' order.
 
 8-frame 64x64 grayscale clips (stored as RGB with equal channels): a smooth
 random gradient background plus a faint low-frequency sinusoid, fresh Gaussian
@@ -17,13 +17,18 @@ under `<out>/raw`, then converted by the ordinary converter to `<out>/records`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
+import av
 import numpy as np
+from reskd_jax.fileio import read_json, write_json_atomic
+
+from data_prep import pool
+from data_prep.converter import convert_format, default_workers
+from data_prep.encode import ConvertOptions
 
 VERSION = 1
 NUM_FRAMES = 8
@@ -87,8 +92,6 @@ def clip_label(index: int) -> int:
 def write_video(path: str, frames: np.ndarray):
   """Lossless H.264 (qp 0) mp4; grey frames stored as RGB with equal channels.
   Written to a temporary name and renamed: a file that exists is complete."""
-  import av
-
   tmp = f"{path}.tmp-{os.getpid()}.mp4"
   with av.open(tmp, "w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=FPS)
@@ -131,7 +134,6 @@ def generate(raw_dir: str, counts: Dict[str, int], seed: int = 0, workers: int =
   if processes is not None:
     processes.run(_generate_range, [(job,) for job in jobs])
   elif workers > 1 and len(jobs) > 1:
-    from data_prep import pool
     pool.run(_generate_range, [(job,) for job in jobs], workers)
   else:
     for job in jobs:
@@ -158,8 +160,7 @@ def _stamp(num_train: int, num_test: int, seed: int) -> dict:
 
 def _read_json(path: str) -> Optional[dict]:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return read_json(path)
   except (OSError, ValueError):
     return None
 
@@ -173,10 +174,6 @@ def prepare_demo(out_dir: str, num_train: int = 600, num_test: int = 400, seed: 
   once when a complete conversion with the same settings is there; an
   interrupted run resumes. Other settings in the same out_dir start afresh.
   """
-  from data_prep import pool
-  from data_prep.convert import convert_format, default_workers
-  from data_prep.encode import ConvertOptions
-
   raw_dir, records = os.path.join(out_dir, "raw"), os.path.join(out_dir, "records")
   stamp = _stamp(num_train, num_test, seed)
   done_path = os.path.join(records, ".demo-complete.json")
@@ -191,19 +188,19 @@ def prepare_demo(out_dir: str, num_train: int = 600, num_test: int = 400, seed: 
     shutil.rmtree(raw_dir, ignore_errors=True)
     shutil.rmtree(records, ignore_errors=True)
   os.makedirs(raw_dir, exist_ok=True)
-  _write_text(raw_stamp_path, json.dumps(stamp))
+  write_json_atomic(raw_stamp_path, stamp)
   counts = {"train": num_train, "test": num_test}
   with contextlib.ExitStack() as stack:
     processes = stack.enter_context(pool.Pool(workers)) if workers > 1 else None
     lists = generate(raw_dir, counts, seed, workers, processes)
     log(f"demo: {num_train + num_test} videos generated in {time.time() - start:.1f} s")
     os.makedirs(records, exist_ok=True)
-    _write_text(os.path.join(records, ".demo-settings.json"), json.dumps(stamp))
+    write_json_atomic(os.path.join(records, ".demo-settings.json"), stamp)
     options = ConvertOptions(short_side=SIZE, jpeg_quality=95)
     for split in counts:
       convert_format("minik", lists[split], raw_dir, records, split,
                      classes=os.path.join(raw_dir, "classes.txt"), options=options,
                      workers=1, dataset="demo", log=log, processes=processes)
-  _write_text(done_path, json.dumps(stamp))
+  write_json_atomic(done_path, stamp)
   log(f"demo data set ready in {time.time() - start:.1f} s: {records}")
   return records

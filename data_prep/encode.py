@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional, Tuple
 
-from data_prep.image import encode_jpeg, short_side_size
-from data_prep.items import Item, ItemError
-from data_prep.sources import FrameOptions, iter_frames
+from PIL import Image
+from reskd_jax.records import make_sequence_example
+
+from data_prep.image import encode_jpeg
+from data_prep.items import Item, ItemError, PartialItem
+from data_prep.sources import PARTIAL_HINT, FrameOptions, iter_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,42 +22,63 @@ class ConvertOptions:
   fps: Optional[float] = None
   filename_tmpl: str = "img_{:05d}.jpg"
   decode_threads: int = 1
+  allow_partial: bool = False  # keep partial videos (listed in the manifest) instead of skipping
 
   def frame_options(self) -> FrameOptions:
     return FrameOptions(frame_stride=self.frame_stride, fps=self.fps,
-                        filename_tmpl=self.filename_tmpl, decode_threads=self.decode_threads)
+                        filename_tmpl=self.filename_tmpl, decode_threads=self.decode_threads,
+                        allow_partial=self.allow_partial)
 
   def to_json(self):
     return dataclasses.asdict(self)
 
 
-def encode_frames(item: Item, options: ConvertOptions):
-  """(list of JPEG bytes, height, width): frames resized to the short side, streamed so
-  that long videos never sit decoded in memory. Every frame gets the first frame's size."""
-  from PIL import Image
+def resized_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
+  """(new_w, new_h) with the short side `short_side`, aspect kept (0: unchanged), by the
+  input pipeline's rule (`reskd_jax.sampling.short_side_size`, mmcv.rescale_size)."""
+  if not short_side:
+    return width, height
+  # Imported here: it builds TF ops, and TensorFlow is loaded only once frames are encoded.
+  from reskd_jax.sampling import short_side_size
 
-  jpegs, size = [], None
-  for img in iter_frames(item, options.frame_options()):
-    if size is None:
-      size = (short_side_size(img.width, img.height, options.short_side)
-              if options.short_side else img.size)
-    if img.size != size:
-      img = img.resize(size, Image.BILINEAR)
-    jpegs.append(encode_jpeg(img, options.jpeg_quality))
+  new_h, new_w = short_side_size(height, width, short_side)
+  return int(new_w), int(new_h)
+
+
+def encode_frames(item: Item, options: ConvertOptions
+                  ) -> Tuple[List[bytes], int, int, Optional[str]]:
+  """(list of JPEG bytes, height, width, partial): frames resized to the short side,
+  streamed so that long videos never sit decoded in memory. Every frame gets the first
+  frame's size. `partial` is None for a complete video, else why it is incomplete (only
+  with `options.allow_partial`; without it a partial video raises PartialItem)."""
+  jpegs, size, partial = [], None, None
+  try:
+    for img in iter_frames(item, options.frame_options()):
+      if size is None:
+        size = resized_size(img.width, img.height, options.short_side)
+      if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+      jpegs.append(encode_jpeg(img, options.jpeg_quality))
+  except PartialItem as e:
+    if not options.allow_partial or not jpegs:
+      raise PartialItem(f"{e}{PARTIAL_HINT}") from None
+    partial = str(e)
   if not jpegs:
     raise ItemError(f"no frames decoded from {item.source}")
-  return jpegs, size[1], size[0]
+  return jpegs, size[1], size[0], partial
 
 
-def encode_item(item: Item, options: ConvertOptions) -> bytes:
+def encode_item(item: Item, options: ConvertOptions) -> Tuple[bytes, Optional[str]]:
+  """(serialized SequenceExample, partial: see `encode_frames`)."""
+  # TensorFlow is imported only here and in `shards.write_shard` (the CLI quiets its
+  # logging first, and reading annotations never needs it).
   import tensorflow as tf
-  from reskd_jax.records import make_sequence_example
 
-  jpegs, height, width = encode_frames(item, options)
+  jpegs, height, width, partial = encode_frames(item, options)
   record = make_sequence_example(item.video_id, jpegs, item.labels, item.label_names, height,
                                  width)
   # Protobuf writes map fields (the context features) in an order that varies between
   # processes; re-serialising deterministically (keys sorted) makes shards byte-identical
   # whichever process wrote them, so a resumed conversion equals an uninterrupted one.
   example = tf.train.SequenceExample.FromString(record)
-  return example.SerializeToString(deterministic=True)
+  return example.SerializeToString(deterministic=True), partial

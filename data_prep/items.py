@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from reskd_jax.errors import DataError
 
 
-class ConversionError(Exception):
-  """Bad input that leaves nothing to convert (the CLI exits with status 2)."""
+class ConversionError(DataError):
+  """Bad input that stops a conversion before it writes anything, or leaves nothing to
+  convert (the CLI prints it as one line and exits with `exit_status`, 2)."""
 
 
 class ItemError(Exception):
   """One video cannot be converted; the message is the reason in the manifest."""
+
+
+class PartialItem(ItemError):
+  """A video decoded only in part (fewer frames than its container or list declares, or a
+  frame folder with gaps). Raised after every decodable frame was yielded, so that
+  `--allow-partial` can keep what was read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,13 +31,15 @@ class Item:
   exist as given, each path of `alternatives` is tried, and for each of them
   the video extensions (see `sources.VIDEO_EXTENSIONS`) are appended in turn,
   so a reader that only knows a stem (`<root>/<video_id>`) can leave the
-  extension open.
+  extension open. `num_frames`: the frame count the annotations declare (rawframes
+  lists), checked against the frame folder; None when they declare none.
   """
   video_id: str
   source: str
   labels: Tuple[int, ...]
   label_names: Tuple[str, ...]
   alternatives: Tuple[str, ...] = ()
+  num_frames: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,5 +59,8 @@ class Annotations:
   items: List[Item]
   skipped: List[Skipped] = dataclasses.field(default_factory=list)
   multi_label: bool = False
+  # Labels of the file that are not in `classes` -> how many videos carry them (those
+  # videos are in `skipped`).
+  unknown_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
   # Annotation file(s) read, for messages.
   origin: Optional[str] = None

@@ -10,9 +10,14 @@ from data_prep.items import ConversionError, ItemError
 
 
 def read_text(path: str, what: str = "annotation file") -> str:
-  """Reads a whole UTF-8 text file; every failure becomes a ConversionError naming it."""
+  """Reads a whole UTF-8 text file; every failure becomes a ConversionError naming it.
+
+  A leading byte-order mark (files saved by Windows tools or exported from
+  spreadsheets) is dropped: it would otherwise stick to the first class name,
+  path or column name.
+  """
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
       text = f.read()
   except FileNotFoundError:
     raise ConversionError(f"{what} {path!r} does not exist") from None
@@ -106,6 +111,14 @@ class LabelMap:
     if token not in self._index:
       raise ItemError(f"label {token!r} not in the class list")
     return self._index[token]
+
+  def known(self, token) -> bool:
+    """Whether `lookup(token)` succeeds."""
+    try:
+      self.lookup(token)
+    except ItemError:
+      return False
+    return True
 
   def resolve(self, tokens: Iterable) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
     """Sorted unique indices and their names; raises ItemError for an unknown label."""

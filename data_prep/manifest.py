@@ -1,27 +1,26 @@
-"""`<out>/manifest.json` (layout: reskd_jax.records.read_manifest), merged and replaced atomically."""
+"""`<out>/manifest.json` (layout: reskd_jax.records.read_manifest), merged and replaced
+atomically, and the class list a conversion holds on `<out>` while it runs."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
+from reskd_jax.fileio import read_json, write_json_atomic
 from reskd_jax.records import MANIFEST
 
 from data_prep.items import ConversionError
 
 LOCK = ".manifest.lock"
+CLAIMS = ".conversions.json"  # {pid: {"split": ..., "classes": [...]}} of running conversions
 
 
 def load(out_dir: str) -> Optional[dict]:
   path = os.path.join(out_dir, MANIFEST)
-  if not os.path.isfile(path):
-    return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return read_json(path)
   except (OSError, ValueError) as e:
     raise ConversionError(f"cannot read the existing {path}: {e}; move it away to start afresh"
                           ) from None
@@ -32,14 +31,42 @@ def existing_classes(out_dir: str) -> Optional[List[str]]:
   return list(m["classes"]) if m and m.get("classes") else None
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _claims(out_dir: str) -> dict:
+  """The running conversions' claims (those of dead processes dropped)."""
+  try:
+    claims = read_json(os.path.join(out_dir, CLAIMS), default={})
+  except (OSError, ValueError):
+    claims = {}
+  return {pid: c for pid, c in claims.items()
+          if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid)))}
+
+
 def check_classes(out_dir: str, classes: List[str]):
-  """ConversionError when `out_dir` already holds splits converted with another class list."""
+  """ConversionError when `out_dir` already holds splits converted with another class
+  list, or another conversion into it is running with another class list."""
   old = existing_classes(out_dir)
   if old is not None and old != list(classes):
     raise ConversionError(
         f"{os.path.join(out_dir, MANIFEST)} was written with another class list ({len(old)} "
         f"classes, this conversion has {len(classes)}): convert into a fresh --out, or pass "
         f"the same --classes")
+  for pid, claim in _claims(out_dir).items():
+    if int(pid) != os.getpid() and claim.get("classes") != list(classes):
+      raise ConversionError(
+          f"another conversion into {out_dir} (split {claim.get('split')!r}, process {pid}) "
+          f"is running with another class list ({len(claim.get('classes', []))} classes, this "
+          f"one has {len(classes)}): wait for it and reuse its classes, or pass the same "
+          f"--classes to both")
 
 
 @contextlib.contextmanager
@@ -50,6 +77,29 @@ def _locked(out_dir: str):
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def classes_held(out_dir: str, split: str, classes: List[str]) -> Iterator[None]:
+  """Checks `classes` against `out_dir`'s manifest and running conversions, then holds
+  them while the body runs: a concurrent conversion into `out_dir` with another class
+  list is refused before it converts anything (see `check_classes`)."""
+  path = os.path.join(out_dir, CLAIMS)
+  with _locked(out_dir):
+    check_classes(out_dir, classes)
+    claims = _claims(out_dir)
+    claims[str(os.getpid())] = {"split": split, "classes": list(classes)}
+    write_json_atomic(path, claims, indent=1)
+  try:
+    yield
+  finally:
+    with _locked(out_dir):
+      claims = _claims(out_dir)
+      claims.pop(str(os.getpid()), None)
+      if claims:
+        write_json_atomic(path, claims, indent=1)
+      elif os.path.exists(path):
+        os.remove(path)
 
 
 def update(out_dir: str, dataset: str, classes: List[str], multi_label: bool, split: str,
@@ -67,12 +117,5 @@ def update(out_dir: str, dataset: str, classes: List[str], multi_label: bool, sp
     }
     manifest["splits"][split] = entry
     manifest["splits"] = dict(sorted(manifest["splits"].items()))
-    path = os.path.join(out_dir, MANIFEST)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=1)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(out_dir, MANIFEST), manifest, indent=1, sort_keys=False)
   return manifest

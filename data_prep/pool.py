@@ -4,7 +4,11 @@ Unlike multiprocessing's fork/forkserver/spawn pools, the children never copy
 the caller's memory (safe when the caller has started JAX or TensorFlow
 threads) and never re-import the caller's main module (safe for scripts
 without an `if __name__ == "__main__"` guard). A child that dies (e.g. a
-crash inside a video decoder) is reported as WorkerDied instead of hanging.
+crash inside a video decoder) is reported as WorkerDied instead of hanging,
+and a child whose parent dies (even by kill -9) exits at once (see
+`data_prep._worker`). On Linux that is the kernel's parent-death signal,
+which follows the thread that started the child: children are only ever
+started by the thread calling `run`.
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ class Pool:
     self.close()
 
   def _spawn(self):
-    return subprocess.Popen([sys.executable, "-m", "data_prep._worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=_child_env())
+    return subprocess.Popen([sys.executable, "-m", "data_prep._worker", str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
 
   def close(self):
     for proc in self._procs:
@@ -124,7 +128,6 @@ class Pool:
         proc.wait()
         errors.append(WorkerDied(f"a worker process died (exit status {proc.returncode}) "
                                  f"while on task {index}"))
-        self._procs[slot] = self._spawn()  # the pool stays usable
       except BaseException as e:  # noqa: BLE001  e.g. an on_result failure: stop everything
         errors.append(e)
 
@@ -134,6 +137,9 @@ class Pool:
       t.start()
     for t in threads:
       t.join()
+    for slot, proc in enumerate(self._procs):
+      if proc.poll() is not None:
+        self._procs[slot] = self._spawn()  # the pool stays usable
     if errors:
       raise errors[0]
     return results

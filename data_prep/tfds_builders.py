@@ -3,7 +3,7 @@
 They reuse the annotation readers and frame decoders of `data_prep`, so a
 `tfds build` gives the same frames as `python -m data_prep`:
 
-  tfds build --imports=data_prep.tfds_builders reskd_minik --manual_dir=/data/minik
+  tfds build --imports=data_prep.tfds_builders reskd_minik --manual_dir=data/minik_manual
   ds = tfds.load("reskd_minik", split="train")   # after `import data_prep.tfds_builders`
 
 Features: video_id (text), frames (a sequence of JPEG images, short side
@@ -105,7 +105,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(ann) for split, ann in splits.items()}
 
   def _example(self, item: Item):
-    jpegs, _, _ = encode_frames(item, self._options())
+    jpegs, _, _, _ = encode_frames(item, self._options())
     labels = list(item.labels) if self.MULTI_LABEL else item.labels[0]
     return item.video_id, {"video_id": item.video_id, "frames": jpegs,
                            ("labels" if self.MULTI_LABEL else "label"): labels}

@@ -24,15 +24,16 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   of them alike; each figure is the median over rounds of a median of 5 runs.
   """
   import statistics
-  from reskd_jax import checkpoint, profile, train
+  from reskd_jax import checkpoint, profiling, train
   speeds = {name: [] for name in runs}
   for _ in range(rounds):
     for name, (cfg, workdir, num_classes) in runs.items():
       model = train.build_from_config(cfg.model, num_classes).clone(input_size=None)
-      speed = profile.measure_throughput(model, checkpoint.load_variables(workdir),
-                                         batch_size=batch_size,
-                                         num_frames=cfg.data.num_frames,
-                                         resolution=train.student_resolution(cfg), timed_runs=5)
+      speed = profiling.measure_throughput(model, checkpoint.load_variables(workdir),
+                                           batch_size=batch_size,
+                                           num_frames=cfg.data.num_frames,
+                                           resolution=train.student_resolution(cfg),
+                                           timed_runs=5)
       speeds[name].append(speed["videos_per_s"])
   return {name: statistics.median(v) for name, v in speeds.items()}
 

@@ -5,7 +5,12 @@ What runs where
 * tf.data (host CPU): read shards (per host), shuffle, TSN / dense frame
   sampling, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
-  uint8.
+  uint8. The crop boxes are drawn before decoding (the frame size comes from
+  the JPEG header), so frames stored at the short side are decoded only over
+  the window the crops span (`tf.image.decode_and_crop_jpeg`), with the very
+  pixels a full decode would give. `data.decode_scale` = 2 or 4 decodes at
+  1/2 or 1/4 size (JPEG's DCT scaling) and shrinks short side and crop alike:
+  the cheap input of runs that only need low resolution.
 * Accelerator (the trainer, with `reskd_jax.augment.normalize` and `random_flip`):
   horizontal flip (dm-pix) and mean/std normalisation. Sending uint8 moves 4x
   fewer bytes host->device than float32, and these per-pixel photometric ops
@@ -20,7 +25,7 @@ Eval (`train=False`): one pass, deterministic order, last batch padded:
   {"video": uint8 [B, V, T, S, S, 3], "label": int32 [B] (first label),
    "multilabel": float32 [B, K], "mask": float32 [B] (1 real, 0 padding)}
 with B = per-host batch size, T = num_frames (TSN) or clip_len (dense),
-S = crop_size, V = test_num_clips * test_num_crops (view v = crop * clips + clip,
+S = crop_size // decode_scale, V = test_num_clips * test_num_crops (view v = crop * clips + clip,
 mmaction2's order), K = num_classes.
 
 Multi-host: training shards files over hosts (by example when a split has
@@ -43,7 +48,7 @@ import itertools
 import logging
 import math
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -52,10 +57,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reskd_jax import records
 from reskd_jax import sampling
+from reskd_jax import shard_check
 
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_CYCLE_LENGTH = 16  # shards read in parallel per host
 _EOI_WINDOW = 32  # a JPEG's end-of-image marker must lie in its last bytes
+# Pixels decoded around a crop window: libjpeg's chroma upsampling at a
+# window's edge needs the neighbouring column (1 suffices; 2 for safety).
+_CROP_MARGIN = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +93,16 @@ def frames_per_clip(data_cfg) -> int:
   return data_cfg.num_frames if data_cfg.sampling == "tsn" else data_cfg.clip_len
 
 
+def decode_scale(data_cfg) -> int:
+  """`data.decode_scale` (1 when the config predates it): JPEG decoding at 1/scale size."""
+  return int(data_cfg.get("decode_scale", 1))
+
+
+def output_size(data_cfg) -> int:
+  """S of the output: crop_size, divided by the decode scale (112 for 224 at scale 2)."""
+  return data_cfg.crop_size // decode_scale(data_cfg)
+
+
 def num_views(data_cfg) -> int:
   """V of the eval output: test_num_clips * test_num_crops."""
   return data_cfg.test_num_clips * data_cfg.test_num_crops
@@ -99,6 +118,12 @@ def _validate_config(data_cfg) -> None:
               "shuffle_buffer"):
     if int(data_cfg[key]) < 1:
       raise ValueError(f"data.{key} must be >= 1, got {data_cfg[key]}")
+  scale = decode_scale(data_cfg)
+  if scale not in (1, 2, 4, 8):
+    raise ValueError(f"data.decode_scale must be 1, 2, 4 or 8 (JPEG's DCT scaling), got {scale}")
+  if data_cfg.crop_size % scale or data_cfg.short_side % scale:
+    raise ValueError(f"data.crop_size ({data_cfg.crop_size}) and data.short_side "
+                     f"({data_cfg.short_side}) must be multiples of data.decode_scale ({scale})")
   if data_cfg.short_side < data_cfg.crop_size:
     raise ValueError(f"data.short_side ({data_cfg.short_side}) must be >= data.crop_size "
                      f"({data_cfg.crop_size})")
@@ -157,20 +182,24 @@ def _check_labels(example, num_classes: int, split: str):
 def _looks_like_jpeg(strings):
   """Start-of-image marker first and an end-of-image marker in the last bytes (truncation)."""
   length = tf.strings.length(strings)
-  two = tf.fill(tf.shape(length), 2)
-  ok = tf.equal(tf.strings.substr(strings, tf.zeros_like(length), two), b"\xff\xd8")
-  has_eoi = tf.zeros_like(ok)
-  for back in range(2, _EOI_WINDOW + 2):
-    pos = tf.maximum(length - back, 0)
-    has_eoi = tf.logical_or(has_eoi, tf.equal(tf.strings.substr(strings, pos, two), b"\xff\xd9"))
-  return tf.logical_and(tf.logical_and(ok, has_eoi), length >= 4)
+  head = tf.io.decode_raw(tf.strings.substr(strings, tf.zeros_like(length), tf.fill(
+      tf.shape(length), 2)), tf.uint8, fixed_length=2)
+  # The last _EOI_WINDOW + 1 bytes (zero-padded when shorter) hold the pairs that may be EOI.
+  tail_len = _EOI_WINDOW + 1
+  tail = tf.io.decode_raw(tf.strings.substr(strings, tf.maximum(length - tail_len, 0),
+                                            tf.fill(tf.shape(length), tail_len)),
+                          tf.uint8, fixed_length=tail_len)
+  soi = tf.logical_and(tf.equal(head[:, 0], 0xFF), tf.equal(head[:, 1], 0xD8))
+  eoi = tf.reduce_any(tf.logical_and(tf.equal(tail[:, :-1], 0xFF), tf.equal(tail[:, 1:], 0xD9)),
+                      axis=1)
+  return tf.logical_and(tf.logical_and(soi, eoi), length >= 4)
 
 
-def _decode_frames(example, indices, split: str):
-  """Decodes only frames[indices], each distinct frame once.
+def _jpegs(example, indices, split: str):
+  """The JPEG strings of frames[indices], each distinct frame once, checked for truncation.
 
-  Returns uint8 [U, H, W, 3] for the U distinct indices, and `inverse` with
-  indices == unique[inverse] (gather it to restore the sampled order).
+  Returns the U distinct strings and `inverse` with indices == unique[inverse]
+  (gather the decoded frames with it to restore the sampled order).
   """
   unique, inverse = tf.unique(tf.reshape(indices, [-1]))
   strings = tf.gather(example["frames"], unique)
@@ -180,11 +209,58 @@ def _decode_frames(example, indices, split: str):
       [f"corrupt JPEG frame in split {split}; video_id:", example["video_id"],
        "frame indices:", tf.boolean_mask(unique, tf.logical_not(ok))])
   with tf.control_dependencies([check]):
-    strings = tf.identity(strings)
-  images = tf.map_fn(
-      lambda s: tf.io.decode_jpeg(s, channels=3, dct_method="INTEGER_ACCURATE"), strings,
-      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  return images, inverse
+    return tf.identity(strings), inverse
+
+
+def _decode(strings, ratio: int, window=None):
+  """uint8 [U, h, w, 3]: every JPEG decoded at 1/`ratio` scale, whole or only `window`.
+
+  `window` is [y, x, height, width] in pixels of the scaled frame. libjpeg
+  decodes only the rows and iMCU columns the window touches.
+  """
+  kwargs = dict(channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+  if window is None:
+    fn = lambda s: tf.io.decode_jpeg(s, **kwargs)
+  else:
+    fn = lambda s: tf.image.decode_and_crop_jpeg(s, window, **kwargs)
+  return tf.map_fn(fn, strings, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def _decoded_size(strings, ratio: int):
+  """(h, w) of the first frame decoded at 1/`ratio` scale (libjpeg rounds up), from its header."""
+  shape = tf.image.extract_jpeg_shape(strings[0])
+  return -(-shape[0] // ratio), -(-shape[1] // ratio)
+
+
+def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn):
+  """Decodes frames, resizes them to `short_side` and returns the crops `boxes_fn` picks.
+
+  `boxes_fn(h, w)` gives a list of (x, y, w, h) boxes in pixels of the
+  short-side-resized frame (h, w). When the stored frames already have that
+  size (data converted at the training short side), only the window spanning
+  the boxes is decoded (`tf.image.decode_and_crop_jpeg`), widened by
+  `_CROP_MARGIN` pixels so that chroma upsampling at its edges sees the same
+  neighbours as a full decode: the crops equal full decode then crop, bit for
+  bit. Otherwise the frames are decoded whole and resized first.
+  """
+  dec_h, dec_w = _decoded_size(strings, ratio)
+  new_h, new_w = sampling.short_side_size(dec_h, dec_w, short_side)
+  boxes = boxes_fn(new_h, new_w)
+
+  def crop_window():
+    x0 = tf.maximum(tf.reduce_min(tf.stack([b[0] for b in boxes])) - _CROP_MARGIN, 0)
+    y0 = tf.maximum(tf.reduce_min(tf.stack([b[1] for b in boxes])) - _CROP_MARGIN, 0)
+    x1 = tf.minimum(tf.reduce_max(tf.stack([b[0] + b[2] for b in boxes])) + _CROP_MARGIN, dec_w)
+    y1 = tf.minimum(tf.reduce_max(tf.stack([b[1] + b[3] for b in boxes])) + _CROP_MARGIN, dec_h)
+    images = _decode(strings, ratio, tf.stack([y0, x0, y1 - y0, x1 - x0]))
+    return [_crop(images, x - x0, y - y0, w, h) for x, y, w, h in boxes]
+
+  def whole_frames():
+    images = _resize(_decode(strings, ratio), new_h, new_w)
+    return [_crop(images, x, y, w, h) for x, y, w, h in boxes]
+
+  stored_at_size = tf.logical_and(tf.equal(dec_h, new_h), tf.equal(dec_w, new_w))
+  return tf.cond(stored_at_size, crop_window, whole_frames)
 
 
 def _resize(images, height, width):
@@ -192,17 +268,14 @@ def _resize(images, height, width):
   shape = tf.shape(images)
 
   def resize():
-    out = tf.image.resize(images, tf.stack([height, width]), method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    # The kernel interpolates in float32 either way; it runs faster on float32 input.
+    out = tf.image.resize(tf.cast(images, tf.float32), tf.stack([height, width]),
+                          method="bilinear", antialias=False)
+    # A convex combination of uint8 values: rounding alone keeps it in [0, 255].
+    return tf.cast(tf.round(out), tf.uint8)
 
   same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
   return tf.cond(same, lambda: images, resize)
-
-
-def _resize_short_side(images, short_side: int):
-  shape = tf.shape(images)
-  new_h, new_w = sampling.short_side_size(shape[1], shape[2], short_side)
-  return _resize(images, new_h, new_w)
 
 
 def _crop(images, x, y, w, h):
@@ -215,7 +288,8 @@ def _multihot(labels, num_classes: int):
 
 def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   """One parsed video -> {"video": uint8 [T, S, S, 3], "label", "multilabel"}."""
-  s = data_cfg.crop_size
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   n = _num_frames(example, split)
   labels = _check_labels(example, num_classes, split)
@@ -225,18 +299,22 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   else:
     u = tf.random.stateless_uniform([1], seeds[0], dtype=tf.float64)
     indices = sampling.dense_train_indices(n, data_cfg.clip_len, data_cfg.frame_interval, u)
-  images, inverse = _decode_frames(example, indices, split)
-  images = _resize_short_side(images, data_cfg.short_side)
-  shape = tf.shape(images)
+  strings, inverse = _jpegs(example, indices, split)
   u_crop = tf.random.stateless_uniform([2], seeds[1], dtype=tf.float64)
-  if data_cfg.multiscale_crop:
-    x, y, w, h = sampling.sample_multiscale_crop(
-        shape[1], shape[2], s, tuple(data_cfg.scales), data_cfg.max_wh_scale_gap, u_crop)
-  else:
-    x, y = sampling.random_crop_offset(shape[1], shape[2], s, u_crop)
-    w = h = tf.constant(s)
-  images = _resize(_crop(images, x, y, w, h), s, s)
-  video = tf.gather(images, inverse)
+
+  def box(h, w):
+    if data_cfg.multiscale_crop:
+      return [sampling.sample_multiscale_crop(h, w, s, tuple(data_cfg.scales),
+                                              data_cfg.max_wh_scale_gap, u_crop)]
+    x, y = sampling.random_crop_offset(h, w, s, u_crop)
+    return [(x, y, tf.constant(s), tf.constant(s))]
+
+  crop, = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
+                        boxes_fn=box)
+  images = _resize(crop, s, s)
+  # Distinct indices (TSN on videos of T frames or more) come back in order: no copy needed.
+  distinct = tf.equal(tf.shape(images)[0], tf.size(inverse))
+  video = tf.cond(distinct, lambda: images, lambda: tf.gather(images, inverse))
   u_label = tf.random.stateless_uniform([], seeds[2], dtype=tf.float64)
   label = labels[sampling.randint(u_label, tf.size(labels))]
   t = frames_per_clip(data_cfg)
@@ -249,7 +327,8 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
 
 def _eval_example(example, *, data_cfg, num_classes: int, split: str):
   """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
-  s = data_cfg.crop_size
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
   clips = data_cfg.test_num_clips
   t = frames_per_clip(data_cfg)
   n = _num_frames(example, split)
@@ -258,15 +337,16 @@ def _eval_example(example, *, data_cfg, num_classes: int, split: str):
     indices = sampling.tsn_test_indices(n, data_cfg.num_frames, clips)
   else:
     indices = sampling.dense_test_indices(n, data_cfg.clip_len, data_cfg.frame_interval, clips)
-  images, inverse = _decode_frames(example, indices, split)
-  images = _resize_short_side(images, data_cfg.short_side)
-  shape = tf.shape(images)
-  if data_cfg.test_num_crops == 1:
-    x, y = sampling.center_crop_offset(shape[1], shape[2], s)
-    crops = [_crop(images, x, y, s, s)]
-  else:
-    offsets = sampling.three_crop_offsets(shape[1], shape[2], s)
-    crops = [_crop(images, offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+  strings, inverse = _jpegs(example, indices, split)
+
+  def boxes(h, w):
+    if data_cfg.test_num_crops == 1:
+      return [(*sampling.center_crop_offset(h, w, s), s, s)]
+    offsets = sampling.three_crop_offsets(h, w, s)
+    return [(offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+
+  crops = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
+                        boxes_fn=boxes)
   views = [tf.reshape(tf.gather(c, inverse), [clips, t, s, s, 3]) for c in crops]
   video = tf.concat(views, axis=0)  # view = crop * clips + clip
   return {
@@ -278,7 +358,7 @@ def _eval_example(example, *, data_cfg, num_classes: int, split: str):
 
 
 def _padding_example(data_cfg, num_classes: int):
-  s, t = data_cfg.crop_size, frames_per_clip(data_cfg)
+  s, t = output_size(data_cfg), frames_per_clip(data_cfg)
   return {
       "video": tf.zeros([num_views(data_cfg), t, s, s, 3], tf.uint8),
       "label": tf.constant(0, tf.int32),
@@ -291,17 +371,12 @@ def _padding_example(data_cfg, num_classes: int):
 # Dataset construction.
 
 
-def _read_records(files: Sequence[str], *, shuffle_files_seed: Optional[int],
-                  repeat: bool):
-  """Serialized examples, reading up to 16 shards in parallel (interleaved, deterministic)."""
-  ds = tf.data.Dataset.from_tensor_slices(list(files))
-  if shuffle_files_seed is not None:
-    ds = ds.shuffle(len(files), seed=shuffle_files_seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  return ds.interleave(
+def _read_records(files, num_files: int):
+  """Serialized examples of the shards `files` (in that order; a list or a 1-D string tensor
+  of `num_files` paths), up to 16 shards read in parallel, interleaved deterministically."""
+  return tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
-      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      cycle_length=min(num_files, _MAX_CYCLE_LENGTH), block_length=1,
       num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
@@ -354,6 +429,8 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   index, count = _resolve_process(process_index, process_count)
   manifest = records.read_manifest(data_cfg.data_dir)
   files = _split_files(data_cfg.data_dir, manifest, split)
+  shard_check.check_sizes(files, manifest["splits"][split].get("shard_bytes"))
+  shard_check.register(files)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
                         start_step, manifest)
@@ -413,7 +490,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   parse = records.parse_sequence_example
   cached = None
   if data_cfg.cache:
-    cached = _read_records(files, shuffle_files_seed=None, repeat=False)
+    cached = _read_records(list(files), len(files))
     if not by_file:
       cached = cached.shard(count, index)
     cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
@@ -425,10 +502,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
     else:
       order = tf.random.experimental.stateless_shuffle(
           files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
-      ds = tf.data.Dataset.from_tensor_slices(order).interleave(
-          lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
-          cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
-          num_parallel_calls=AUTOTUNE, deterministic=True)
+      ds = _read_records(order, len(files))
       if not by_file:
         ds = ds.shard(count, index)
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed)
@@ -450,7 +524,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
 def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
   expected = len(range(index, num_videos, count))  # videos this host must see
   num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
-  ds = _read_records(files, shuffle_files_seed=None, repeat=False)
+  ds = _read_records(list(files), len(files))
   if count > 1:
     ds = ds.shard(count, index)
 
@@ -502,7 +576,7 @@ def prefetch_to_mesh(iterator: Iterable, mesh: jax.sharding.Mesh, size: int = 2,
     raise ValueError(f"mesh has no axis {axis!r} (axes: {mesh.axis_names})")
   if isinstance(iterator, tf.data.Dataset):
     iterator = iterator.as_numpy_iterator()
-  iterator = iter(iterator)
+  iterator = shard_check.name_damaged_shards(iterator)
   spec = PartitionSpec(axis)
   queue = collections.deque()
 

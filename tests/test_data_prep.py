@@ -11,7 +11,7 @@ from PIL import Image
 from data_prep import ConvertOptions, convert_format
 from data_prep.cli import main as cli_main
 from data_prep.labels import load_classes
-from data_prep.testing import make_frames, put_frames, put_video, read_records
+from data_helpers import make_frames, put_frames, put_video, read_records
 
 T, H, W = 8, 32, 40
 CLASSES = ["abseiling", "air drumming", "zumba"]

@@ -6,7 +6,7 @@ import numpy as np
 
 from data_prep import demo_data
 from data_prep.demo_data import CLASSES, clip_rng, make_clip, prepare_demo
-from data_prep.testing import read_records
+from data_helpers import read_records
 
 
 def _tree(root):

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import ConversionError, ConvertOptions, convert_format
+from data_prep import ConversionError, ConvertOptions, convert_format, pool
 from data_prep.cli import main as cli_main
-from data_prep.testing import make_frames, put_frames, put_video, read_records
+from data_helpers import make_frames, put_frames, put_video, read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = ConvertOptions(short_side=32, jpeg_quality=90)
@@ -145,14 +145,17 @@ def test_nothing_valid_fails_cleanly_and_keeps_existing_manifest(tmp_path, capsy
   before = (tmp_path / "out" / "manifest.json").read_bytes()
   ann = tmp_path / "val.txt"
   ann.write_text("v/gone1.mp4 0\nv/gone2.mp4 1\nv/good0.mp4 9\n")
+  # (--classes given: a label outside it is a per-video skip, not a stop before any work)
   code = cli_main(["minik", f"--annotations={ann}", f"--source={src}", "--split=val",
-                   f"--out={tmp_path / 'out'}", "--workers=1", "--short-side=32"])
+                   f"--out={tmp_path / 'out'}", "--workers=1", "--short-side=32",
+                   f"--classes={tmp_path / 'classes.txt'}"])
   err = capsys.readouterr().err
   assert code == 2
   assert "error: no video of split 'val' could be converted" in err
   for name in ("v/gone1", "v/gone2", "v/good0"):
     assert f"skipped {name}:" in err
   assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+  assert not (tmp_path / "out" / "val").exists()  # no 0-video shard left behind
   with pytest.raises(ConversionError, match="nothing to convert"):
     convert(tmp_path, ["v/good0.mp4 5"], src)  # no item with a valid label at all
 
@@ -228,7 +231,6 @@ def test_killed_conversion_resumes_to_identical_files(tmp_path):
 
 
 def test_pool_reports_failures_and_dead_workers():
-  from data_prep import pool
   with pool.Pool(2) as p:
     assert p.run(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
     with pytest.raises(RuntimeError, match="ValueError"):

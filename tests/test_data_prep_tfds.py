@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data_prep.testing import make_frames, put_video
+from data_helpers import make_frames, put_video
 
 
 def test_minik_builder_download_and_prepare_then_load(tmp_path, monkeypatch):

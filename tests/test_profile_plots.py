@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from reskd_jax import plots, profile, sweep, visualize
+from reskd_jax import plots, profiling, sweep, visualize
 from reskd_jax.models import build_model
 
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1))
@@ -22,7 +22,7 @@ def _tiny_model(strides=(1, 1, 1, 2)):
 
 
 def _variables(model, seed):
-  return profile.random_variables(model, num_frames=2, seed=seed)
+  return profiling.random_variables(model, num_frames=2, seed=seed)
 
 
 def _videos(n=2, t=2, size=32, seed=0):
@@ -47,12 +47,13 @@ def _tiny_config(resolutions):
   config.data.num_frames = 2
   config.profile.resolutions = resolutions
   config.profile.timed_runs = 2
+  config.profile.dtypes = ("float32", "bfloat16")  # a CPU profiles float32 only by default
   return config
 
 
 def test_run_profile_writes_rows(tmp_path, capsys):
   config = _tiny_config((224, 112))
-  rows = profile.run_profile(config, str(tmp_path))
+  rows = profiling.run_profile(config, str(tmp_path))
   assert [r["resolution"] for r in rows] == [224, 112]
   for r in rows:
     assert r["gflops"] > 0 and r["num_frames"] == 2 and r["batch_size"] == 2
@@ -72,7 +73,7 @@ def test_run_profile_writes_rows(tmp_path, capsys):
 def test_run_profile_refuses_impossible_resolution(tmp_path):
   config = _tiny_config((32, 8))
   with pytest.raises(ValueError, match=r"\[8\] smaller than the total stride 16"):
-    profile.run_profile(config, str(tmp_path))
+    profiling.run_profile(config, str(tmp_path))
   assert not (tmp_path / "profile.json").exists()
 
 

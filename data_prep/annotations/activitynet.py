@@ -48,4 +48,5 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
     classes = sorted(all_labels)
   if not entries and not skipped:
     raise ConversionError(f"no videos of subset {subset!r} in {annotations!r}")
-  return finish("activitynet", entries, classes, annotations, skipped, multi_label=True)
+  return finish("activitynet", entries, classes, annotations, skipped, multi_label=True,
+                root=source)

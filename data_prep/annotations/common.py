@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -17,6 +18,7 @@ class Entry:
   source: str
   label_tokens: Tuple[str, ...]
   alternatives: Tuple[str, ...] = ()
+  num_frames: Optional[int] = None
 
 
 def split_lines(path: str) -> List[Tuple[int, str]]:
@@ -29,35 +31,64 @@ def split_lines(path: str) -> List[Tuple[int, str]]:
   return out
 
 
-def join(root: str, rel: str) -> str:
-  return rel if os.path.isabs(rel) else os.path.join(root, rel)
+def relative(root: str, path: str) -> str:
+  """`path` as written in an annotation file (relative to `root`, or absolute) as a
+  normalised path relative to `root`; ItemError when it leads outside `root`.
+
+  The check is on the path's text (`..` and absolute paths), not on where symbolic
+  links point: a source tree that links to another disk is the user's choice.
+  """
+  base = os.path.abspath(root)
+  rel = os.path.relpath(os.path.normpath(os.path.join(base, path)), base)
+  if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+    raise ItemError(f"path {path!r} leads outside --source {root!r}")
+  return rel
+
+
+def _inside(root: str, path: str) -> bool:
+  try:
+    relative(root, os.path.abspath(path))
+  except ItemError:
+    return False
+  return True
 
 
 def finish(dataset: str, entries: Sequence[Entry], classes: Optional[Sequence[str]],
-           origin: str, skipped: Sequence[Skipped] = (), multi_label: bool = False) -> Annotations:
+           origin: str, skipped: Sequence[Skipped] = (), multi_label: bool = False,
+           root: Optional[str] = None) -> Annotations:
   """Resolves labels against `classes` (derived from the labels seen when None).
 
-  An entry whose label is not in the class list, or whose video id repeats an
-  earlier one, is skipped with its reason. Raises ConversionError when the
-  file held no usable record at all.
+  An entry whose label is not in the class list, whose video id repeats an
+  earlier one, or (when `root` is given) whose path leads outside `root`, is
+  skipped with its reason (alternative paths outside `root` are dropped); the
+  unknown labels are listed in
+  `Annotations.unknown_labels`. Raises ConversionError when the file held no
+  usable record at all.
   """
   skipped = list(skipped)
   if classes is None:
     classes = derive_classes(t for e in entries for t in e.label_tokens)
   label_map = LabelMap(classes)
-  items, seen = [], {}
+  items, seen, unknown = [], {}, collections.Counter()
   for e in entries:
     if e.video_id in seen:
-      skipped.append(Skipped(e.video_id, f"duplicate video id (first listed as {seen[e.video_id]})"))
+      skipped.append(Skipped(e.video_id,
+                             f"duplicate video id (first listed as {seen[e.video_id]})"))
       continue
+    alternatives = tuple(e.alternatives)
     try:
+      if root is not None:
+        relative(root, os.path.abspath(e.source))
+        alternatives = tuple(a for a in alternatives if _inside(root, a))
       labels, names = label_map.resolve(e.label_tokens)
     except ItemError as err:
+      unknown.update({t for t in e.label_tokens if not label_map.known(t)})
       skipped.append(Skipped(e.video_id, str(err)))
       continue
     seen[e.video_id] = e.source
-    items.append(Item(e.video_id, e.source, labels, names, tuple(e.alternatives)))
+    items.append(Item(e.video_id, e.source, labels, names, alternatives, e.num_frames))
   if not entries and not skipped:
     raise ConversionError(f"no videos listed in {origin}")
   return Annotations(dataset=dataset, classes=list(classes), items=items, skipped=skipped,
-                     multi_label=multi_label, origin=origin)
+                     multi_label=multi_label, origin=origin,
+                     unknown_labels=dict(sorted(unknown.items())))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.annotations.common import Entry, finish, join, split_lines
-from data_prep.items import Annotations, Skipped
+import os
+
+from data_prep.annotations.common import Entry, finish, relative, split_lines
+from data_prep.items import Annotations, ItemError, Skipped
 from data_prep.labels import relpath_id
 
 
@@ -19,5 +21,11 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
     if len(parts) < 2:
       skipped.append(Skipped(f"{annotations}:{n}", f"malformed line {line!r} (want `path label...`)"))
       continue
-    entries.append(Entry(relpath_id(parts[0]), join(source, parts[0]), tuple(parts[1:])))
-  return finish("fcvid", entries, classes, annotations, skipped, multi_label=True)
+    try:
+      rel = relative(source, parts[0])
+    except ItemError as e:
+      skipped.append(Skipped(parts[0], str(e)))
+      continue
+    entries.append(Entry(relpath_id(rel), os.path.join(source, rel), tuple(parts[1:])))
+  return finish("fcvid", entries, classes, annotations, skipped, multi_label=True,
+                root=source)

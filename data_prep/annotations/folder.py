@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from data_prep.annotations.common import Entry, finish
 from data_prep.items import Annotations, ConversionError
 from data_prep.sources import VIDEO_EXTENSIONS
 
 
+def _visible(folder: str) -> List[str]:
+  return [name for name in os.listdir(folder) if not name.startswith(".")]
+
+
 def read(annotations: Optional[str], source: str, split: str,
          classes: Optional[Sequence[str]] = None) -> Annotations:
   """Classes are the sub-folders of `source` (sorted) unless given; a class
   folder holds video files (by extension) and/or frame folders. Video ids are
-  `<class>/<name without extension>`."""
+  `<class>/<name without extension>`. Hidden entries (names starting with `.`, such as
+  `.git` or `.ipynb_checkpoints`) are ignored at both levels."""
   del annotations, split
   if not os.path.isdir(source):
     raise ConversionError(f"source folder {source!r} does not exist")
-  class_dirs = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
+  class_dirs = sorted(d for d in _visible(source) if os.path.isdir(os.path.join(source, d)))
   entries = []
   for cls in class_dirs:
     cdir = os.path.join(source, cls)
-    for name in sorted(os.listdir(cdir)):
+    for name in sorted(_visible(cdir)):
       path = os.path.join(cdir, name)
       stem, ext = os.path.splitext(name)
       if os.path.isdir(path):
@@ -33,4 +38,4 @@ def read(annotations: Optional[str], source: str, split: str,
     raise ConversionError(f"no videos under {source!r} (want <class>/<video or frame folder>)")
   if classes is None:
     classes = sorted({e.label_tokens[0] for e in entries})
-  return finish("folder", entries, classes, source)
+  return finish("folder", entries, classes, source, root=source)

@@ -54,4 +54,4 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
     alternatives = (os.path.join(source, name), os.path.join(source, label, name),
                     os.path.join(source, label.replace(" ", "_"), name))
     entries.append(Entry(name, os.path.join(source, name + ".mp4"), (label,), alternatives))
-  return finish("kinetics400", entries, classes, annotations, skipped)
+  return finish("kinetics400", entries, classes, annotations, skipped, root=source)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.annotations.common import Entry, finish, join, split_lines
-from data_prep.items import Annotations, Skipped
+import os
+
+from data_prep.annotations.common import Entry, finish, relative, split_lines
+from data_prep.items import Annotations, ItemError, Skipped
 from data_prep.labels import relpath_id
 
 
@@ -14,7 +16,8 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
   """One `relative/path.mp4 label` per line (the label: class index or name).
 
   The path may contain spaces (the label is the last field). Paths are taken
-  relative to `source`; the video id is the path without its extension.
+  relative to `source` and must stay inside it; the video id is the path
+  relative to `source` without its extension.
   """
   del split
   entries, skipped = [], []
@@ -24,5 +27,10 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
       skipped.append(Skipped(f"{annotations}:{n}", f"malformed line {line!r} (want `path label`)"))
       continue
     path, label = parts
-    entries.append(Entry(relpath_id(path), join(source, path), (label,)))
-  return finish(dataset, entries, classes, annotations, skipped)
+    try:
+      rel = relative(source, path)
+    except ItemError as e:
+      skipped.append(Skipped(path, str(e)))
+      continue
+    entries.append(Entry(relpath_id(rel), os.path.join(source, rel), (label,)))
+  return finish(dataset, entries, classes, annotations, skipped, root=source)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.annotations.common import Entry, finish, join, split_lines
-from data_prep.items import Annotations, Skipped
+import os
+
+from data_prep.annotations.common import Entry, finish, relative, split_lines
+from data_prep.items import Annotations, ItemError, Skipped
 
 
 def read(annotations: str, source: str, split: str, classes: Optional[Sequence[str]] = None
          ) -> Annotations:
-  """Frame folders relative to `source`; `num_frames` is informational (the folder is listed)."""
+  """Frame folders relative to `source` (and inside it); a folder whose frame count
+  differs from its `num_frames` is partial (see `sources.folder_frames`)."""
   del split
   entries, skipped = [], []
   multi = False
@@ -21,6 +24,12 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
                              f"malformed line {line!r} (want `folder num_frames label...`)"))
       continue
     multi |= len(parts) > 3
-    folder = parts[0].rstrip("/")
-    entries.append(Entry(folder, join(source, folder), tuple(parts[2:])))
-  return finish("rawframes", entries, classes, annotations, skipped, multi_label=multi)
+    try:
+      rel = relative(source, parts[0])
+    except ItemError as e:
+      skipped.append(Skipped(parts[0], str(e)))
+      continue
+    entries.append(Entry(rel.replace(os.sep, "/"), os.path.join(source, rel), tuple(parts[2:]),
+                         num_frames=int(parts[1])))
+  return finish("rawframes", entries, classes, annotations, skipped, multi_label=multi,
+                root=source)

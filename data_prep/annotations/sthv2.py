@@ -46,4 +46,4 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
       continue
     entries.append(Entry(vid, os.path.join(source, vid + ".webm"), (strip_template(rec["template"]),),
                          (os.path.join(source, vid),)))
-  return finish("sthv2", entries, classes, annotations, skipped)
+  return finish("sthv2", entries, classes, annotations, skipped, root=source)

@@ -7,7 +7,11 @@
   XLA's compiled count (``reskd_jax.flops``);
 - inference throughput in videos/second at ``config.profile.batch_size`` in
   float32 and bfloat16 (compile and one warm-up call excluded, the median of
-  ``config.profile.timed_runs`` calls, each ending in ``block_until_ready``);
+  ``config.profile.timed_runs`` calls, each ending in ``block_until_ready``).
+  A batch size of 0 (the default) picks one that fits the platform: the
+  paper's 64 on accelerators, 1 on a CPU, where a CPU also profiles float32
+  only and times 2 calls unless ``config.profile.dtypes`` / ``timed_runs`` say
+  otherwise (the default report then finishes in minutes on 2 cores);
 - XLA's memory estimate of the compiled forward (arguments + outputs +
   temporaries), and the device's peak memory where ``memory_stats()`` reports
   it (accelerators; ``None`` on CPU). The device peak is process-wide and only
@@ -23,6 +27,7 @@ Weights are random: speed does not depend on them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -38,6 +43,25 @@ from reskd_jax.models import registry
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PAPER_BATCH_SIZE = 64  # Table 4's throughput batch
+CPU_BATCH_SIZE = 1  # a ResNet-50 at 224 x 16 frames takes about a second per video on 2 cores
+CPU_TIMED_RUNS = 2
+
+
+def platform_defaults(platform: str) -> Dict[str, Any]:
+  """Batch size, timed runs and dtypes used when the config leaves them unset (0 / absent)."""
+  if platform == "cpu":
+    return {"batch_size": CPU_BATCH_SIZE, "timed_runs": CPU_TIMED_RUNS, "dtypes": ("float32",)}
+  return {"batch_size": PAPER_BATCH_SIZE, "timed_runs": 5, "dtypes": ("float32", "bfloat16")}
+
+
+def format_gflops(value: Optional[float]) -> str:
+  """Two decimals from 1 GFLOP up, three significant digits below (0.00412, never 0.00)."""
+  if value is None or not math.isfinite(value):
+    return "-"
+  if value == 0 or abs(value) >= 1:
+    return f"{value:.2f}"
+  return f"{value:.3g}"
 
 
 def _cfg_get(cfg, key, default=None):
@@ -150,7 +174,8 @@ def format_profile(rows: List[Dict[str, Any]], dtypes: Sequence[str]) -> str:
     head += f" {short + ' videos/s':>14} {short + ' mem MB':>11}"
   lines = [head]
   for r in rows:
-    line = f"{r['resolution']:>5} {r['gflops']:>12.2f} {r.get('xla_gflops', float('nan')):>10.2f}"
+    line = (f"{r['resolution']:>5} {format_gflops(r['gflops']):>12} "
+            f"{format_gflops(r.get('xla_gflops')):>10}")
     for dt in dtypes:
       vps = r.get(f"videos_per_s_{dt}")
       mem = r.get(f"peak_memory_mb_{dt}")
@@ -184,13 +209,26 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
   ``compile_s_d``, ``xla_memory_mb_d``, ``peak_memory_mb_d`` (None on CPU).
   """
   prof = config.profile
+  platform = jax.local_devices()[0].platform
+  auto = platform_defaults(platform)
   resolutions = [int(r) for r in (resolutions if resolutions is not None else prof.resolutions)]
-  dtypes = list(dtypes if dtypes is not None else _cfg_get(prof, "dtypes", ("float32", "bfloat16")))
+  dtypes = list(dtypes if dtypes is not None else _cfg_get(prof, "dtypes", auto["dtypes"]))
   for dt in dtypes:
     if dt not in DTYPES:
       raise ValueError(f"unknown dtype {dt!r} in profile dtypes; expected one of {sorted(DTYPES)}")
-  batch_size = int(prof.batch_size)
-  timed_runs = int(_cfg_get(prof, "timed_runs", 5))
+  batch_size = int(_cfg_get(prof, "batch_size", 0))
+  timed_runs = int(_cfg_get(prof, "timed_runs", 0))
+  notes = []
+  if batch_size <= 0:
+    batch_size = auto["batch_size"]
+    notes.append(f"batch {batch_size} chosen for {platform} (config.profile.batch_size=0; the "
+                 f"paper's {PAPER_BATCH_SIZE} is what accelerators get)")
+  if timed_runs <= 0:
+    timed_runs = auto["timed_runs"]
+  if platform == "cpu" and dtypes == ["float32"] and not _cfg_get(prof, "dtypes", None):
+    notes.append("float32 only on CPU (set config.profile.dtypes to add bfloat16)")
+  for note in notes:
+    print(f"profile: {note}", flush=True)
   num_frames = int(config.data.num_frames)
   if not resolutions:
     raise ValueError("no resolutions to profile (config.profile.resolutions is empty)")
@@ -206,6 +244,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
         f"would be empty")
   variables = random_variables(models["float32"], num_frames)
 
+  print(f"profile: counting GFLOPs at {len(resolutions)} resolution(s)...", flush=True)
   rows = flops.gflops_table(models["float32"], variables, num_frames, resolutions)
   for row in rows:
     row.update(batch_size=batch_size, num_frames=num_frames)
@@ -213,11 +252,15 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
   # Cheapest first, so that the process-wide device peak is per configuration.
   order = sorted(((r, dt) for r in set(resolutions) for dt in dtypes),
                  key=lambda p: (p[0], p[1] != "bfloat16"))
-  for res, dt in order:
+  start = time.perf_counter()
+  for k, (res, dt) in enumerate(order, 1):
     m = measure_throughput(models[dt], variables, batch_size, num_frames, res,
                            timed_runs=timed_runs)
     for key, value in m.items():
       by_res[res][f"{key}_{dt}"] = value
+    print(f"profile [{k}/{len(order)}] {res} px {dt}: {m['videos_per_s']:.2f} videos/s "
+          f"(compiled in {m['compile_s']:.1f} s; {time.perf_counter() - start:.0f} s so far)",
+          flush=True)
 
   ratios = throughput_ratios(rows, dtypes)
   table = format_profile(rows, dtypes)
@@ -225,7 +268,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
             f"strides={tuple(_cfg_get(config.model, 'strides', (1, 2, 2, 2)))}), "
             f"{num_frames} frames, {config.num_classes} classes; batch {batch_size} videos, "
             f"median of {timed_runs} runs on {device_description()}")
-  text = [header, table]
+  text = [header, *notes, table]
   if ratios:
     parts = [f"{dt} {ratios[dt]:.2f}x" for dt in dtypes if dt in ratios]
     text.append(f"throughput 112 vs 224: {', '.join(parts)} (GFLOPs ratio "

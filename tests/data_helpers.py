@@ -1,11 +1,17 @@
-"""Tiny fixtures for tests: synthetic frames, real video files / frame folders, reading records back."""
+"""Tiny fixtures for the data_prep tests: synthetic frames, real video files / frame
+folders, reading records back."""
 
 from __future__ import annotations
 
 import os
 from typing import Dict, Tuple
 
+import av
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from reskd_jax.records import parse_sequence_example, read_manifest
 
 CODECS = {".mp4": ("libx264", "yuv444p", {"qp": "0"}),
           ".mkv": ("libx264", "yuv444p", {"qp": "0"}),
@@ -30,8 +36,6 @@ def make_frames(seed: int, num: int = 8, h: int = 32, w: int = 40) -> np.ndarray
 def put_video(path: str, frames: np.ndarray, fps: int = 8) -> np.ndarray:
   """Writes a real, lossless video file (.mp4/.mkv: H.264, .webm: VP9) with PyAV;
   returns the frames."""
-  import av
-
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   codec, pix_fmt, options = CODECS[os.path.splitext(path)[1]]
   with av.open(path, "w") as container:
@@ -48,8 +52,6 @@ def put_video(path: str, frames: np.ndarray, fps: int = 8) -> np.ndarray:
 
 def put_frames(folder: str, frames: np.ndarray, quality: int = 95) -> np.ndarray:
   """Writes a frame folder img_00001.jpg ...; returns the frames as a decoder sees them."""
-  from PIL import Image
-
   os.makedirs(folder, exist_ok=True)
   out = []
   for t, f in enumerate(frames):
@@ -63,10 +65,6 @@ def put_frames(folder: str, frames: np.ndarray, quality: int = 95) -> np.ndarray
 def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple[int, ...], np.ndarray]]]:
   """(manifest, video_id -> (labels, frames (T,H,W,3) uint8)), through tf.data and
   reskd_jax.records.parse_sequence_example. Checks the shapes and the count."""
-  import tensorflow as tf
-
-  from reskd_jax.records import parse_sequence_example, read_manifest
-
   manifest = read_manifest(str(data_dir))
   files = [os.path.join(data_dir, split, s) for s in manifest["splits"][split]["shards"]]
   result = {}
