@@ -16,9 +16,19 @@ Exit status: 0 finished, 2 bad input (config, data, checkpoint, cluster),
 (rerun the same command to resume).
 """
 
+import ast
+import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
+
+# Quiet by default: TensorFlow's C++ start-up lines only with --verbosity>=1 (read before
+# TensorFlow is first imported, in main()).
+_VERBOSE = any(a.split("=", 1)[-1].lstrip("-").isdigit() and int(a.split("=", 1)[1]) >= 1
+               for a in sys.argv[1:] if a.startswith(("--verbosity=", "-v=")))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _VERBOSE else "2")
 
 from absl import app
 from absl import flags
@@ -82,19 +92,77 @@ def _parse_flags(argv):
     print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
     sys.exit(1)
   except (AttributeError, KeyError) as e:
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    print(f"error: unknown config key {e} (overrides given: {', '.join(overrides)}); "
-          f"see the config file for the valid keys", file=sys.stderr)
-    sys.exit(1)
+    print(f"error: {_unknown_key_message(e, argv)}", file=sys.stderr)
+    sys.exit(errors.EXIT_BAD_INPUT)
+
+
+def _unknown_key_message(e: Exception, argv) -> str:
+  """``unknown config key 'model.widht' (did you mean 'model.width'?)`` from ml_collections'."""
+  text = str(e.args[0]) if e.args else str(e)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # KeyError reprs
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  bad = text.splitlines()[0].strip().strip("'\"")
+  hint = re.search(r"Did you mean [\"'](\w+)[\"']", text)
+  keys = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+  full = next((".".join(k.split(".")[:k.split(".").index(bad) + 1])
+               for k in keys if bad in k.split(".")), bad)
+  message = f"unknown config key {full!r}"
+  if hint:
+    message += f" (did you mean {'.'.join(full.split('.')[:-1] + [hint.group(1)])!r}?)"
+  return message + "; see the config file for the valid keys"
+
+
+def _quiet_logs() -> None:
+  """The progress line and real warnings only, unless --verbosity>=1 (absl/orbax INFO)."""
+  if FLAGS.verbosity >= 1:
+    return
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "orbax", "jax", "tensorflow"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _native_info_dropped(active: bool):
+  """Drops the C++ INFO lines TensorFlow prints on import (TF_CPP_MIN_LOG_LEVEL no longer
+  silences them); warnings and errors pass through."""
+  if not active:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      dropping = False
+      for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+        if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
+          continue
+        if re.match(r"[IWEF]\d{4} ", line):
+          dropping = line[0] == "I"
+        if not dropping:
+          sys.stderr.write(line)
+      sys.stderr.flush()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _quiet_logs()
   # Hide accelerators from TensorFlow: tf.data runs on the host CPU and must
   # not reserve GPU memory.
-  from reskd_jax import input_pipeline
-  input_pipeline.hide_gpus_from_tf()
+  with _native_info_dropped(FLAGS.verbosity < 1):
+    from reskd_jax import input_pipeline
+    input_pipeline.hide_gpus_from_tf()
   try:
     _initialize_distributed()
     import jax

@@ -1,30 +1,51 @@
-"""Model variables on disk: ``{"params", "batch_stats"}`` plus a ``meta.json``.
+"""Checkpoints on disk, both kinds: deployable variables and resumable train states.
 
-A *variables directory* is what ``python -m reskd_jax.convert`` writes and what
-the trainer writes for its final/best student (``<workdir>/variables``)::
+*Variables directories* (``save_variables`` / ``load_variables``) hold a
+model's ``{"params", "batch_stats"}``: what ``python -m reskd_jax.convert``
+writes and what the trainer writes for its final and best student
+(``<workdir>/variables``, ``<workdir>/best_variables``)::
 
-    DIR/meta.json     {"arch", "num_classes", "tsm", "source", ...}
+    DIR/meta.json     see ``reskd_jax.meta``
     DIR/orbax/        an orbax StandardCheckpointer checkpoint of the variables
+    DIR/*.json        optional extra files written with it (e.g. ``best.json``)
 
 :func:`load_variables` accepts such a directory, or a training workdir that
 holds one in ``variables/``. :func:`merge_pretrained` puts loaded (e.g.
 ImageNet) weights into freshly initialised variables, keeping the classifier
 from the initialisation.
+
+*Train checkpoints* (:class:`TrainCheckpoints`) are the full train state
+(step, params, batch statistics, optimiser state) in ``<workdir>/checkpoints``,
+saved asynchronously by an orbax manager. Beside them, ``checksums.json``
+holds a SHA-256 of every saved state, taken from the arrays at save time;
+:meth:`TrainCheckpoints.restore` takes the newest checkpoint that restores
+completely, matches its checksum and is finite, warns about each newer one it
+skips (and moves it to ``<workdir>/checkpoints_unusable``), and raises a
+one-line ``CheckpointError`` when none is usable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-META_FILE = "meta.json"
+from reskd_jax import fileio, meta as meta_lib, train_utils, workdir as workdir_lib
+from reskd_jax.errors import CheckpointError
+
+META_FILE = meta_lib.FILE
 ORBAX_DIR = "orbax"
-VARIABLES_SUBDIR = "variables"
+VARIABLES_SUBDIR = workdir_lib.VARIABLES
+CHECKSUMS_FILE = "checksums.json"
+UNUSABLE_DIR = "checkpoints_unusable"
 COLLECTIONS = ("params", "batch_stats")
 HEAD_NAME = "fc"  # top-level classifier module of models.VideoClassifier
 
@@ -50,17 +71,28 @@ def _to_plain_dict(tree):
   return tree
 
 
+def this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Orbax options for a checkpoint this process reads or writes alone, with no barrier.
+
+  Variables directories are small and replicated (every host holds all of
+  them): process 0 writes them while the others go on training, and every
+  process reads them by itself. Orbax's default would wait for all processes.
+  """
+  index = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index})
+
+
 def save_variables(path: str, variables: Mapping[str, Any],
-                   metadata: Optional[Mapping[str, Any]] = None) -> str:
+                   metadata: Optional[Mapping[str, Any]] = None,
+                   extra_json: Optional[Mapping[str, Any]] = None) -> str:
   """Writes ``variables`` (``params`` and ``batch_stats``) and ``meta.json`` to ``path``.
 
-  An existing variables directory at ``path`` is replaced (the new one is
-  written beside it first, so a crash leaves the old one intact). Arrays are
+  An existing variables directory at ``path`` is replaced: the new one is
+  written beside it and renamed into place, so a crash leaves the old one
+  intact, and every file of ``extra_json`` (name -> payload, e.g.
+  ``{"best.json": ...}``) changes together with the variables. Arrays are
   fetched to host memory first. Returns the absolute path.
   """
-  import jax
-  import orbax.checkpoint as ocp
-
   path = os.path.abspath(os.fspath(path))
   variables = _to_plain_dict(variables)
   missing = [c for c in ("params",) if c not in variables]
@@ -75,15 +107,15 @@ def save_variables(path: str, variables: Mapping[str, Any],
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
   os.makedirs(tmp)
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
     ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
     ckptr.wait_until_finished()
   meta = dict(_jsonable(dict(metadata or {})))
   meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
   meta["num_parameters"] = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree["params"])))
-  with open(os.path.join(tmp, META_FILE), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-    f.write("\n")
+  fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
+  for name, payload in (extra_json or {}).items():
+    fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
   old = None
   if os.path.exists(path):
     old = f"{path}.old-{os.getpid()}"
@@ -116,14 +148,11 @@ def resolve_variables_dir(path: str) -> str:
 
 def load_variables(path: str) -> Dict[str, Any]:
   """Loads ``{"params", "batch_stats"}`` as numpy arrays (host memory)."""
-  import orbax.checkpoint as ocp
-
   directory = os.path.abspath(resolve_variables_dir(path))
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
     restored = ckptr.restore(os.path.join(directory, ORBAX_DIR))
   restored = _to_plain_dict(restored)
   out = {c: restored.get(c, {}) for c in COLLECTIONS}
-  import jax
   return jax.tree_util.tree_map(np.asarray, out)
 
 
@@ -225,3 +254,160 @@ def merge_pretrained(init_variables: Mapping[str, Any], loaded: Mapping[str, Any
     if coll not in result:
       result[coll] = value
   return result
+
+
+# ---------------------------------------------------------------------------
+# Resumable train states.
+
+
+def _host_leaf(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)  # replicated: every shard is a full copy
+  return np.asarray(jax.device_get(x))
+
+
+def state_digest(state) -> str:
+  """SHA-256 over every leaf of ``state`` (path, dtype, shape, bytes)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    arr = np.ascontiguousarray(_host_leaf(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}".encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def first_non_finite(tree) -> Optional[str]:
+  """The path of the first floating leaf holding a NaN or inf, or None."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    arr = _host_leaf(leaf)
+    if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+      return jax.tree_util.keystr(path)
+  return None
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+  text = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+class TrainCheckpoints:
+  """The last ``keep`` train states in ``<workdir>/checkpoints`` (asynchronous orbax saves)."""
+
+  def __init__(self, workdir: str, keep: int):
+    if keep < 1:
+      raise CheckpointError(f"config.keep_checkpoints={keep}: must be at least 1")
+    workdir = os.path.abspath(workdir)
+    self.workdir = workdir
+    self.directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # -- checksums -----------------------------------------------------------
+  def _checksums_path(self) -> str:
+    return os.path.join(self.directory, CHECKSUMS_FILE)
+
+  def _read_checksums(self) -> Dict[str, str]:
+    try:
+      return dict(fileio.read_json(self._checksums_path(), default={}) or {})
+    except ValueError:
+      train_utils.warn(f"{self._checksums_path()} is not valid JSON; checkpoints are "
+                       f"verified by finiteness only")
+      return {}
+
+  def _record_checksum(self, step: int, digest: str) -> None:
+    if jax.process_index() != 0:
+      return
+    sums = self._read_checksums()
+    keep = {str(s) for s in self._manager.all_steps()} | {str(step)}
+    sums = {k: v for k, v in sums.items() if k in keep}
+    sums[str(step)] = digest
+    fileio.write_json_atomic(self._checksums_path(), sums)
+
+  # -- save / restore --------------------------------------------------------
+  def save(self, step: int, state, force: bool = False) -> None:
+    """Starts saving ``state`` as ``step``; its checksum is recorded first."""
+    self._record_checksum(step, state_digest(state))
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def _verify(self, step: int, restored, sums: Mapping[str, str]) -> Optional[str]:
+    bad = first_non_finite(restored)
+    if bad is not None:
+      return f"non-finite values in {bad}"
+    want = sums.get(str(step))
+    if want is not None and state_digest(restored) != want:
+      return f"checksum mismatch (the files changed after saving; see {CHECKSUMS_FILE})"
+    return None
+
+  def restore(self, abstract_state) -> Optional[Tuple[Any, int]]:
+    """``(state, step)`` of the newest usable checkpoint; None when there is none at all."""
+    self._manager.reload()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    sums = self._read_checksums()
+    skipped: List[Tuple[int, str]] = []
+    for step in steps:
+      try:
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      except Exception as e:  # noqa: BLE001 (any failure means: not this one)
+        reason = f"does not restore: {_first_line(e)}"
+      else:
+        reason = self._verify(step, restored, sums)
+        if reason is None:
+          self._set_aside([s for s, _ in skipped])
+          logging.info("resuming from %s step %d", self.directory, step)
+          return restored, step
+      skipped.append((step, reason))
+      train_utils.warn(f"checkpoint step {step} in {self.directory} is unusable ({reason}); "
+                       f"trying an older one")
+    raise CheckpointError(
+        f"none of the {len(steps)} checkpoints in {self.directory} is usable (newest: step "
+        f"{skipped[0][0]}, {skipped[0][1]}); move that directory aside to start from scratch")
+
+  def _set_aside(self, steps: List[int]) -> None:
+    """Moves unusable step directories out of the manager's way (kept for inspection)."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      dest = os.path.join(self.workdir, UNUSABLE_DIR)
+      os.makedirs(dest, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.exists(src):
+          target = os.path.join(dest, f"{step}-{int(time.time())}")
+          os.rename(src, target)
+          train_utils.warn(f"moved unusable checkpoint step {step} to {target}")
+    self._manager.reload()
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> List[int]:
+    return list(self._manager.all_steps())
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def create_train_checkpoint_manager(workdir: str, keep: int) -> TrainCheckpoints:
+  return TrainCheckpoints(workdir, keep)
+
+
+def save_train_state(manager: TrainCheckpoints, step: int, state, force: bool = False) -> None:
+  manager.save(step, state, force=force)
+
+
+def restore_train_state(manager: TrainCheckpoints, abstract_state) -> Any:
+  """The newest usable train state, or None when the workdir has no checkpoint."""
+  restored = manager.restore(abstract_state)
+  return None if restored is None else restored[0]
+
+
+# Older names (train_utils held the train-state checkpoints before).
+create_checkpoint_manager = create_train_checkpoint_manager
+save_state = save_train_state
+restore_latest = restore_train_state

@@ -4,7 +4,7 @@ Library use::
 
     variables, info = convert_state_dict(state_dict, "resnet50", fmt="torchvision")
 
-Command line (writes a variables directory, see ``reskd_jax.checkpoint``)::
+Command line (writes a variables directory, see ``reskd_jax.checkpoints``)::
 
     python -m reskd_jax.convert --format=torchvision --arch=resnet50 \\
         --input=resnet50-0676ba61.pth --output=weights/r50_imagenet
@@ -349,21 +349,14 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchv
                  tsm: bool = False, num_segments: Optional[int] = None,
                  num_classes: Optional[int] = None, ignore_prefixes=()) -> Dict[str, Any]:
   """Reads ``input_path``, converts, writes a variables directory; returns its metadata."""
-  from reskd_jax import checkpoint
+  from reskd_jax import checkpoints, meta as meta_lib
 
   obj = load_torch_file(input_path)
   variables, info = convert_state_dict(obj, arch, fmt=fmt, tsm=tsm, num_classes=num_classes,
                                        ignore_prefixes=ignore_prefixes)
-  meta = {
-      "arch": arch,
-      "num_classes": info["num_classes"],
-      "tsm": bool(tsm),
-      "num_segments": num_segments if tsm else None,
-      "source": os.path.abspath(input_path),
-      "source_format": fmt,
-      "converter": "reskd_jax.convert",
-  }
-  checkpoint.save_variables(output_dir, variables, meta)
+  meta = meta_lib.for_converted(arch, info["num_classes"], tsm, num_segments,
+                                os.path.abspath(input_path), fmt)
+  checkpoints.save_variables(output_dir, variables, meta)
   return meta
 
 
