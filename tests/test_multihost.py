@@ -240,3 +240,19 @@ def test_eval_video_count_must_match_the_manifest():
   with pytest.raises(errors.DataError, match=r"split 'val'.*corrupted record"):
     evaluate.predict(_uniform, {}, _batches(masks, damaged), lambda b: b, split="val",
                      expected_videos=6)
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:1234"},
+     "could not join the cluster with coordinator_address=localhost:1234 (flags / JAX_* "
+     "variables): Number of processes must be defined"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "two"},
+     "JAX_NUM_PROCESSES='two' is not an integer"),
+])
+def test_cluster_that_cannot_be_joined_is_one_line(tmp_path, env, needle):
+  cmd = [sys.executable, "main.py", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
+         f"--workdir={tmp_path}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True,
+                        timeout=TIMEOUT)
+  assert proc.returncode == errors.EXIT_BAD_INPUT, proc.stderr[-2000:]
+  assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
