@@ -26,6 +26,7 @@ one-line ``CheckpointError`` when none is usable.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -103,6 +104,7 @@ def save_variables(path: str, variables: Mapping[str, Any],
   tree.setdefault("batch_stats", {})
   tree = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
+  recover_interrupted_swap(path)
   tmp = f"{path}.tmp-{os.getpid()}"
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
@@ -126,9 +128,21 @@ def save_variables(path: str, variables: Mapping[str, Any],
   return path
 
 
+def recover_interrupted_swap(path: str) -> None:
+  """Puts back the previous variables directory if a save died between its two renames."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path):
+    return
+  olds = sorted(glob.glob(f"{glob.escape(path)}.old-*"), key=os.path.getmtime)
+  if olds:
+    os.rename(olds[-1], path)
+
+
 def resolve_variables_dir(path: str) -> str:
   """The variables directory for ``path``: ``path`` itself or ``path/variables``."""
   path = os.fspath(path)
+  recover_interrupted_swap(path)
+  recover_interrupted_swap(os.path.join(path, VARIABLES_SUBDIR))
   if not os.path.exists(path):
     raise FileNotFoundError(f"no such checkpoint directory: {path!r}")
   if os.path.isdir(os.path.join(path, ORBAX_DIR)):
@@ -299,9 +313,13 @@ class TrainCheckpoints:
     workdir = os.path.abspath(workdir)
     self.workdir = workdir
     self.directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    self._keep = keep
+    self._manager = self._new_manager()
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
                                            enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, options=options)
 
   # -- checksums -----------------------------------------------------------
   def _checksums_path(self) -> str:
@@ -340,7 +358,11 @@ class TrainCheckpoints:
     return None
 
   def restore(self, abstract_state) -> Optional[Tuple[Any, int]]:
-    """``(state, step)`` of the newest usable checkpoint; None when there is none at all."""
+    """``(state, step)`` of the newest usable checkpoint; None when there is none at all.
+
+    Each newer, unusable one is named in a warning and moved to
+    ``<workdir>/checkpoints_unusable``.
+    """
     self._manager.reload()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
@@ -355,12 +377,16 @@ class TrainCheckpoints:
       else:
         reason = self._verify(step, restored, sums)
         if reason is None:
+          # Out of the way: a rerun would meet them again, and a later save of
+          # the same step number would collide with them.
           self._set_aside([s for s, _ in skipped])
           logging.info("resuming from %s step %d", self.directory, step)
           return restored, step
       skipped.append((step, reason))
       train_utils.warn(f"checkpoint step {step} in {self.directory} is unusable ({reason}); "
                        f"trying an older one")
+      self._manager.close()  # a failed restore can leave the manager confused
+      self._manager = self._new_manager()
     raise CheckpointError(
         f"none of the {len(steps)} checkpoints in {self.directory} is usable (newest: step "
         f"{skipped[0][0]}, {skipped[0][1]}); move that directory aside to start from scratch")
@@ -378,7 +404,11 @@ class TrainCheckpoints:
           target = os.path.join(dest, f"{step}-{int(time.time())}")
           os.rename(src, target)
           train_utils.warn(f"moved unusable checkpoint step {step} to {target}")
-    self._manager.reload()
+    sync = getattr(train_utils, "sync_processes", None)
+    if sync is not None and jax.process_count() > 1:
+      sync(f"reskd-set-aside-{'-'.join(map(str, steps))}")
+    self._manager.close()
+    self._manager = self._new_manager()
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()

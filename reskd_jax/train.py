@@ -106,6 +106,7 @@ def _steps(config, info) -> Tuple[int, int]:
 
 def read_best(workdir: str) -> Dict[str, Any]:
   """The best record, read from inside ``best_variables`` (where it changes atomically)."""
+  checkpoints.recover_interrupted_swap(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
   inside = os.path.join(workdir, workdir_lib.BEST_VARIABLES, workdir_lib.BEST)
   best = read_json(inside) if os.path.isfile(inside) else None
   if best is None:  # workdirs of older versions kept it at the top level
@@ -250,8 +251,9 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
   def _save(step: int, force: bool = False) -> None:
     nonlocal last_good
     watch.check(last_good, manager.directory)  # never save a non-finite state
-    manager.save(step, state, force=force)
-    writer.commit()
+    manager.save(step, state, force=force)  # returns once the previous save is on disk
+    if last_good is not None:
+      writer.commit(upto=last_good)
     last_good = step
 
   train_utils.sync_processes("reskd-train-loop")  # all compiled and ready: start together
@@ -295,11 +297,13 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
           preempted = True
           break
   except NonFiniteError:
-    writer.discard()
     manager.wait_until_finished()  # the good checkpoints in flight land completely
+    if last_good is not None:
+      writer.commit(upto=last_good)
+    writer.discard()
     raise
   manager.wait_until_finished()
-  writer.flush()
+  writer.commit()
   if preempted:
     print(f"stopped at step {int(state.step)} after a signal; rerun the same command to "
           f"resume from {workdir}", flush=True)

@@ -33,11 +33,13 @@ def create_metric_writer(workdir: str):
 
 
 class CommittedWriter:
-  """Holds scalars (and hparams) back until :meth:`commit`, called when a checkpoint is saved.
+  """Holds scalars (and hparams) back until the checkpoint covering their step is on disk.
 
-  A run resumed from a checkpoint replays the steps after it; points of those
-  steps were never written, so TensorBoard sees every step once. Points that
-  were pending when a run dies are dropped with it (they are recomputed).
+  A run resumed from a checkpoint replays the steps after it; their points
+  were never written, so TensorBoard sees every step at most once. Points
+  still pending when a run dies are dropped with it (a resume recomputes
+  them; after a hard kill the steps between the last two checkpoints may be
+  missing instead).
   """
 
   def __init__(self, writer):
@@ -48,16 +50,22 @@ class CommittedWriter:
     self._pending.append(("scalars", int(step), dict(scalars)))
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    self._pending.append(("hparams", None, dict(hparams)))
+    self._pending.append(("hparams", -1, dict(hparams)))
 
-  def commit(self) -> None:
-    for kind, step, payload in self._pending:
+  def commit(self, upto: Optional[int] = None) -> None:
+    """Writes the pending points of steps ``<= upto`` (all when None)."""
+    if upto is None:
+      now, self._pending = self._pending, []
+    else:
+      now = [p for p in self._pending if p[1] <= upto]
+      self._pending = [p for p in self._pending if p[1] > upto]
+    for kind, step, payload in now:
       if kind == "scalars":
         self._writer.write_scalars(step, payload)
       else:
         self._writer.write_hparams(payload)
-    self._pending = []
-    self._writer.flush()
+    if now:
+      self._writer.flush()
 
   def discard(self) -> None:
     self._pending = []

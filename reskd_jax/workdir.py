@@ -3,8 +3,8 @@
     config.json          the config of the run (checked on resume)
     checkpoints/         resumable train states (``checkpoints.TrainCheckpoints``)
     variables/           the final student (a variables directory, ``checkpoints.save_variables``)
-    best_variables/      the best student so far; holds its own ``best.json``
-    best.json            a copy of ``best_variables/best.json`` (metric, value, step)
+    best_variables/      the best student so far, with its ``best.json`` (metric, step)
+                         inside: both change in one directory rename
     results.json         final metrics of ``--mode=train`` ("run": "train")
     eval_results.json    metrics of ``--mode=eval`` ("run": "eval")
     lock                 pid and host of the run using the workdir
@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import threading
 import time
 from typing import Optional
 
-from reskd_jax import fileio
+from reskd_jax import fileio, train_utils
 from reskd_jax.errors import ConfigError
 
 CONFIG = "config.json"
@@ -85,8 +84,8 @@ class WorkdirLock:
           f"workdir {os.path.dirname(self.path)!r} is in use by pid {pid} on {host} (since "
           f"{held.get('started', '?')}); wait for it, stop it, or use another workdir. If that "
           f"run is dead, delete {self.path}")
-    logging.warning("taking over the stale lock %s of pid %s on %s (last heartbeat %.0f s ago)",
-                    self.path, pid, host, age)
+    train_utils.warn(f"taking over the stale lock {self.path} of pid {pid} on {host} (last "
+                     f"heartbeat {age:.0f} s ago)")
 
   def acquire(self) -> "WorkdirLock":
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
