@@ -2,16 +2,14 @@
 
 import tempfile
 
+# apache_beam comes with the `beam` extra, which `make test` installs: no skipping.
+import apache_beam as beam
 import numpy as np
-import pytest
+import tensorflow_datasets as tfds
 
+import data_prep.tfds_builders  # noqa: F401  registers the builders
 from data_prep import ConvertOptions, convert_format
 from data_prep.testing import make_frames, put_video, read_records
-
-beam = pytest.importorskip("apache_beam", reason="the `beam` extra: pip install -e '.[beam]'")
-tfds = pytest.importorskip("tensorflow_datasets")
-
-import data_prep.tfds_builders  # noqa: E402,F401  registers the builders
 
 CLASSES = ["abseiling", "zumba"]
 
