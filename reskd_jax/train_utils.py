@@ -147,8 +147,9 @@ class StopSignal:
   the decision every process agrees on: with several processes each call
   all-reduces (max) the processes' flags over ``mesh``. Call ``k`` dispatches
   the reduction of the flags as they are now and returns the result of call
-  ``k - 1``, so the host never waits on it; as every process calls it once
-  per step, all of them stop after the same step, whichever got the signal.
+  ``k - 1`` (the host waits on it only once the next step is queued); as every
+  process calls it once per step, all of them stop after the same step,
+  whichever got the signal.
   """
 
   def __init__(self, mesh: Optional[jax.sharding.Mesh] = None):
