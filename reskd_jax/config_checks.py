@@ -169,17 +169,23 @@ def _norm(value):
   return value
 
 
+# Teacher keys that are choices of this run, not of the teacher's training: the
+# resolution the teacher is fed (e.g. the paper's model-distillation ablation).
+TEACHER_FREE = ("input_size",)
+
+
 def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
   """Fills unset ``config.teacher`` architecture keys from ``meta`` and checks the set ones.
 
   Generic over the keys of the teacher block: every key that ``meta`` pins
   down (see ``meta.model_fields``) is filled when unset (None) and must agree
-  when set. A TSM teacher must see the frame count it was trained with.
+  when set, except ``TEACHER_FREE`` (``input_size``: unset feeds the teacher
+  the crop). A TSM teacher must see the frame count it was trained with.
   """
   teacher = config.teacher
   known = meta_lib.model_fields(meta)
   for key in teacher.keys():
-    if key in meta_lib.RUN_KEYS or key not in known:
+    if key in meta_lib.RUN_KEYS or key in TEACHER_FREE or key not in known:
       continue
     want, have = known[key], teacher[key]
     if have is None:

@@ -160,7 +160,7 @@ def test_bad_config_key_or_type_is_named(setup, flag, needle):
     ("--config.mode=distill", "config.mode='distill'"),
     ("--config.kd_method=attention", "config.kd_method='attention'"),
     ("--config.teacher.width=16", "cannot align the student's 64-channel map"),
-    ("--config.teacher.stage_sizes=(2,2,2,2)", "does not fit config.teacher"),
+    ("--config.teacher.stem=imagenet", "does not fit config.teacher"),
     ("--config.teacher.name=resnet50", "config.teacher.name='resnet50' but the teacher"),
 ])
 def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
