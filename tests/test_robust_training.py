@@ -111,6 +111,28 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(env):
     assert _all_finite(checkpoints.load_variables(best))
 
 
+def test_train_step_keeps_the_state_when_the_update_is_not_finite():
+  model = models.build_model("resnet18", NUM_CLASSES, width=4, stage_sizes=(1, 1, 1, 1),
+                             stem="small")
+  variables = jax.tree.map(np.array, models.init_variables(model, jax.random.key(0), 2, 16))
+  variables["params"]["fc"]["kernel"][0, 0] = np.nan  # a diverged weight: the loss is NaN
+  tx = optax.sgd(0.1, momentum=0.9)
+  mesh = train_step.make_mesh()
+  step = train_step.shard_train_step(
+      train_step.make_train_step(student=model, tx=tx, mode="baseline"), mesh, donate=False)
+  state = train_step.replicate(train_step.create_train_state(variables, tx), mesh)
+  n = jax.device_count()
+  batch = {"video": np.full((n, 2, 16, 16, 3), 128, np.uint8),
+           "label": np.arange(n, dtype=np.int32) % NUM_CLASSES}
+  new_state, metrics = step(state, {}, batch, jax.random.key(1))
+  flag = int(metrics["non_finite"])
+  assert flag & 1 and flag & 2, flag  # the loss and the gradient norm
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True),
+                      new_state, state)
+  assert all(jax.tree.leaves(same)), "a non-finite step must leave the state as it was"
+  assert int(new_state.step) == 0
+
+
 # 2./3. Checkpoint integrity.
 def _largest_data_file(step_dir):
   files = [f for f in glob.glob(os.path.join(step_dir, "**", "*"), recursive=True)
