@@ -33,5 +33,7 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scikit-learn>=1.4"],
         "torch": ["torch>=2.4"],
+        # Cluster-scale data generation (the TFDS builders' `beam` configs).
+        "beam": ["apache-beam>=2.60"],
     },
 )

@@ -9,6 +9,8 @@ import ml_collections
 
 from reskd_jax import augment
 
+TEACHER_ARCH = "resnet152"  # the paper's teacher (its block is filled from its meta.json)
+
 
 def get_data_config() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
@@ -68,6 +70,24 @@ def get_model_config(name: str, input_size=None) -> ml_collections.ConfigDict:
   return model
 
 
+def get_teacher_config(checkpoint: str = "") -> ml_collections.ConfigDict:
+  """The teacher block: the model keys, unset (None), plus where the teacher is.
+
+  Unset architecture keys are filled from the teacher checkpoint's meta.json
+  at start-up; a key set here must agree with it.
+  """
+  teacher = ml_collections.ConfigDict()
+  template = get_model_config(TEACHER_ARCH)
+  for key in template.keys():
+    if key not in ("init_from", "dropout_rate"):
+      teacher[key] = ml_collections.FieldReference(None, field_type=template.get_type(key))
+  # Converted teacher (reskd_jax.convert) or our own teacher run's workdir.
+  teacher.checkpoint = checkpoint
+  # The authors' teacher runs in train mode (BN batch statistics), without gradients.
+  teacher.train_mode_bn = True
+  return teacher
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -87,11 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = get_model_config("resnet50", input_size=112)  # the student
 
-  config.teacher = get_model_config("resnet152", input_size=None)
-  # Converted teacher (reskd_jax.convert) or our own teacher run's workdir.
-  config.teacher.checkpoint = ""
-  # The authors' teacher runs in train mode (BN batch statistics), without gradients.
-  config.teacher.train_mode_bn = True
+  config.teacher = get_teacher_config()
 
   # Optimiser: SGD, lr 0.01 per 64 videos scaled linearly with the global batch.
   config.optimizer = ml_collections.ConfigDict()
@@ -123,6 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 5.0
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # Resuming a workdir with other model/data/batch settings than its config.json is an
+  # error unless this is True.
+  config.allow_config_change = False
   config.eval_metric = "top1"  # "top1" or "mAP"; the best checkpoint by it is kept
   config.steps_per_epoch = -1  # -1: from the data set size
   config.num_train_steps = -1  # -1: from num_epochs
@@ -166,7 +185,7 @@ def for_dataset(name: str) -> ml_collections.ConfigDict:
   config.num_classes = num_classes
   config.eval_metric = metric
   config.num_epochs = epochs
-  config.teacher.checkpoint = f"runs/{name}_{config.teacher.name}_224"
+  config.teacher.checkpoint = f"runs/{name}_{TEACHER_ARCH}_224"
   return config
 
 
@@ -305,7 +324,7 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   crop = 32
   for block in (config.model, config.teacher):
-    if block.name.startswith("resnet"):
+    if block.name and block.name.startswith("resnet"):
       block.name = "resnet18"
       block.width = 8
       block.stage_sizes = (1, 1, 1, 1)

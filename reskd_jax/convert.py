@@ -4,7 +4,7 @@ Library use::
 
     variables, info = convert_state_dict(state_dict, "resnet50", fmt="torchvision")
 
-Command line (writes a variables directory, see ``reskd_jax.checkpoint``)::
+Command line (writes a variables directory, see ``reskd_jax.checkpoints``)::
 
     python -m reskd_jax.convert --format=torchvision --arch=resnet50 \\
         --input=resnet50-0676ba61.pth --output=weights/r50_imagenet
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
-from reskd_jax import checkpoint, convert_swin, models
+from reskd_jax import checkpoints, convert_swin, meta as meta_lib, models
 from reskd_jax.errors import WeightsError  # noqa: F401 (re-exported)
 from reskd_jax.models import slowonly
 
@@ -481,7 +481,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
     for keypath, leaf in flat:
       path = tuple(str(getattr(k, "key", k)) for k in keypath)
       tkey, kind = spec.source_key(path)
-      if path[0] == checkpoint.HEAD_NAME:
+      if path[0] == checkpoints.HEAD_NAME:
         head_keys.add(tkey)
         if not include_head:
           continue
@@ -535,17 +535,9 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchv
   obj = load_torch_file(input_path)
   variables, info = convert_state_dict(obj, arch, fmt=fmt, tsm=tsm, num_classes=num_classes,
                                        ignore_prefixes=ignore_prefixes, **model_options)
-  meta = {
-      **model_options,
-      "arch": arch,
-      "num_classes": info["num_classes"],
-      "tsm": bool(tsm),
-      "num_segments": num_segments if tsm else None,
-      "source": os.path.abspath(input_path),
-      "source_format": fmt,
-      "converter": "reskd_jax.convert",
-  }
-  checkpoint.save_variables(output_dir, variables, meta)
+  meta = meta_lib.for_converted(arch, info["num_classes"], tsm, num_segments,
+                                os.path.abspath(input_path), fmt, model_options)
+  checkpoints.save_variables(output_dir, variables, meta)
   return meta
 
 

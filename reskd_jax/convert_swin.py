@@ -27,7 +27,7 @@ Formats:
   (bicubically resized first if the 2D window differs) tiled over the
   ``2 Wd - 1`` temporal offsets; ``attn_mask`` buffers dropped; the ImageNet
   ``head`` becomes ``fc`` (a new label set takes its classifier from the
-  initialisation, see ``checkpoint.merge_pretrained``).
+  initialisation, see ``checkpoints.merge_pretrained``).
 
 Mapping: Conv3d ``(O, I, t, h, w) -> (t, h, w, I, O)``; Linear ``weight (out,
 in) -> kernel (in, out)``; LayerNorm ``weight -> scale``; Flax ``layers_i`` /

@@ -24,12 +24,12 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   of them alike; each figure is the median over rounds of a median of 5 runs.
   """
   import statistics
-  from reskd_jax import checkpoint, profiling, train
+  from reskd_jax import checkpoints, profiling, train
   speeds = {name: [] for name in runs}
   for _ in range(rounds):
     for name, (cfg, workdir, num_classes) in runs.items():
       model = train.build_from_config(cfg.model, num_classes).clone(input_size=None)
-      speed = profiling.measure_throughput(model, checkpoint.load_variables(workdir),
+      speed = profiling.measure_throughput(model, checkpoints.load_variables(workdir),
                                            batch_size=batch_size,
                                            num_frames=cfg.data.num_frames,
                                            resolution=train.student_resolution(cfg),
@@ -40,7 +40,7 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
 
 def _figures(trained, results, out_dir, num_clips: int = 4):
   """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo."""
-  from reskd_jax import augment, checkpoint, input_pipeline, plots, train, visualize
+  from reskd_jax import augment, checkpoints, input_pipeline, plots, train, visualize
   cfg = trained["reskd"][0]
   batch = next(input_pipeline.create_dataset(
       cfg.data, cfg.data.eval_split, train=False, batch_size=num_clips,
@@ -50,7 +50,7 @@ def _figures(trained, results, out_dir, num_clips: int = 4):
   for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
     run_cfg, workdir, num_classes = trained[run]
     models[name] = (train.build_from_config(run_cfg.model, num_classes),
-                    checkpoint.load_variables(workdir))
+                    checkpoints.load_variables(workdir))
   paths = visualize.figure4(models, videos, out_dir)
   points = {run: dict(r, label=f"{run} ({r['resolution']} px)") for run, r in results.items()}
   paths["trade_off"] = plots.plot_tradeoff(

@@ -5,7 +5,7 @@
 
 Reads each workdir's ``results.json`` (written by the trainer: ``top1``,
 ``top5``, ``mean_class_accuracy``, optionally ``mAP``, ``gflops_per_video``,
-``resolution``, ``num_frames``, ``mode``). Runs given in ``--workdirs`` whose
+``resolution``, ``num_frames``, ``mode``: the run's ``config.mode``). Runs given in ``--workdirs`` whose
 ``mode`` is ``baseline`` join the baseline curve, ``teacher`` runs the teacher
 star. Also writes a ``.json`` summary beside the figure.
 """
@@ -18,9 +18,9 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from reskd_jax import plots
+from reskd_jax import plots, workdir as workdir_lib
 
-RESULTS = "results.json"
+RESULTS = workdir_lib.RESULTS
 
 
 def read_results(workdir: str) -> Dict[str, Any]:

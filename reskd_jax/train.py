@@ -4,140 +4,59 @@
 in one of three modes (``teacher`` pre-training, low-resolution
 ``baseline``, ``reskd`` distillation from ``config.teacher``), resuming from
 the workdir, evaluating periodically and writing TensorBoard metrics,
-checkpoints, ``results.json`` and the final student variables
-(``<workdir>/variables``, loadable as a teacher or for evaluation).
+checkpoints, ``results.json`` and the final student variables (the files are
+named in ``reskd_jax.workdir``).
+
+A run never lies: the config is checked before anything compiles
+(``reskd_jax.config_checks``), one run holds the workdir at a time (a lock),
+a non-finite loss, gradient norm or state stops the run with
+``NonFiniteError`` (exit status 3) without saving anything, checkpoints are
+verified when restored (``reskd_jax.checkpoints``), and the best variables
+change together with their ``best.json``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
-import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reskd_jax import checkpoint as var_io
-from reskd_jax import evaluate, flops, input_pipeline, losses, models, optim, train_step
-from reskd_jax import train_utils
-from reskd_jax.errors import ConfigError  # noqa: F401  (re-exported)
+from reskd_jax import checkpoints, config_checks, evaluate, flops, input_pipeline, meta as meta_lib
+from reskd_jax import models, optim, train_step, train_utils, workdir as workdir_lib
+from reskd_jax.config_checks import EVAL_METRICS, check_config, check_splits  # noqa: F401
+from reskd_jax.config_checks import check_teacher_alignment  # noqa: F401
+from reskd_jax.errors import ConfigError, NonFiniteError  # noqa: F401  (re-exported)
+from reskd_jax.fileio import read_json, write_json_atomic
 
-RESULTS_FILE = "results.json"
-BEST_VARIABLES = "best_variables"
-BEST_FILE = "best.json"
-EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
-
-
-
-
-def _dtype(name: str):
-  if name not in ("float32", "bfloat16"):
-    raise ConfigError(f"config.dtype={name!r}: expected 'float32' or 'bfloat16'")
-  return jnp.float32 if name == "float32" else jnp.bfloat16
+# Older names of the workdir's files (see reskd_jax.workdir).
+RESULTS_FILE = workdir_lib.RESULTS
+BEST_VARIABLES = workdir_lib.BEST_VARIABLES
+BEST_FILE = workdir_lib.BEST
+# Bits of the train step's "non_finite" metric.
+_NON_FINITE = ((1, "loss"), (2, "gradient norm"), (4, "updated parameters or BatchNorm statistics"))
 
 
 # The one builder lives in the model registry; kept here for existing callers.
 build_from_config = models.build_from_config
 
 
-def check_config(config) -> None:
-  """Start-up checks of the keys a run cannot recover from later."""
-  if config.mode not in train_step.MODES:
-    raise ConfigError(f"config.mode={config.mode!r}: expected one of {train_step.MODES}")
-  if config.mode == "reskd":
-    if config.kd_method not in losses.KD_METHODS:
-      raise ConfigError(f"config.kd_method={config.kd_method!r}: expected one of "
-                        f"{losses.KD_METHODS}")
-    if not config.teacher.checkpoint:
-      raise ConfigError("config.teacher.checkpoint is empty: ResKD needs a trained teacher "
-                        "(a teacher run's workdir or a directory written by "
-                        "`python -m reskd_jax.convert`)")
-  if config.eval_metric not in EVAL_METRICS:
-    raise ConfigError(f"config.eval_metric={config.eval_metric!r}: expected one of "
-                      f"{EVAL_METRICS}")
-  for key in ("model", "teacher"):
-    models.check_name(config[key].name, f"config.{key}.name")
-  frames = input_pipeline.frames_per_clip(config.data)
-  for key in ("model", "teacher") if config.mode == "reskd" else ("model",):
-    multiple = models.FAMILIES[models.family_name(config[key].name)].temporal_multiple
-    if frames % multiple:
-      raise ConfigError(f"clips have {frames} frames (config.data), but config.{key}.name="
-                        f"{config[key].name!r} takes a multiple of {multiple} frames (its "
-                        f"temporal patch size)")
-  _dtype(config.dtype)
-  n = jax.device_count()
-  for key in ("batch_size", "eval_batch_size"):
-    value = config[key]
-    if value < 1 or value % n:
-      raise ConfigError(f"config.{key}={value} must be a positive multiple of the "
-                        f"{n} devices")
-
-
-def check_splits(config, info, train: bool = True) -> None:
-  """Both splits must exist before hours of training, not at the first eval."""
-  keys = ("train_split", "eval_split") if train else ("eval_split",)
-  for key in keys:
-    split = config.data[key]
-    if split not in info.num_videos:
-      raise ConfigError(f"config.data.{key}={split!r} is not a split of "
-                        f"{config.data.data_dir!r} (it has {sorted(info.num_videos)})")
-
-
-def _num_classes(config, info) -> int:
-  if config.num_classes in (-1, None):
-    return info.num_classes
-  if config.num_classes != info.num_classes:
-    raise ConfigError(f"config.num_classes={config.num_classes} but the data set at "
-                      f"{config.data.data_dir!r} has {info.num_classes} classes")
-  return config.num_classes
-
-
-def check_teacher_alignment(config, student, teacher, teacher_vars, num_classes) -> None:
-  """The teacher must fit its config, and its outputs must align with the student's."""
-  expected = jax.eval_shape(lambda: models.init_variables(
-      teacher, jax.random.key(0), config.data.num_frames, config.data.crop_size))
-  got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), teacher_vars)
-  exp_shapes = {jax.tree_util.keystr(k): v.shape
-                for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  got_shapes = {jax.tree_util.keystr(k): v.shape
-                for k, v in jax.tree_util.tree_leaves_with_path(got)}
-  if exp_shapes != got_shapes:
-    missing = sorted(set(exp_shapes) - set(got_shapes))[:5]
-    extra = sorted(set(got_shapes) - set(exp_shapes))[:5]
-    wrong = sorted(k for k in set(exp_shapes) & set(got_shapes)
-                   if exp_shapes[k] != got_shapes[k])[:5]
-    raise ConfigError(
-        f"config.teacher.checkpoint={config.teacher.checkpoint!r} does not fit "
-        f"config.teacher (name={config.teacher.name!r}, {num_classes} classes): "
-        f"missing {missing}, unexpected {extra}, shape mismatch {wrong}")
-  method = config.kd_method
-  if method == "pixel_feature":
-    cs, ct = models.feature_channels(student), models.feature_channels(teacher)
-    if cs != ct:
-      raise ConfigError(
-          f"config.kd_method='pixel_feature' cannot align the student's {cs}-channel map "
-          f"({config.model.name}) with the teacher's {ct}-channel map ({config.teacher.name}); "
-          f"use kd_method='pixel_logit' (per-position logits) for such pairs")
-
-
 def _save_json(path: str, payload: Dict[str, Any]) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    write_json_atomic(path, payload)
 
 
-def _save_variables(path, variables, config, num_classes) -> None:
+def _save_variables(path, variables, config, num_classes, extra_json=None) -> None:
   """The student's variables for deployment / as a teacher (process 0 writes)."""
   variables = _to_host(variables)  # replicated: every host holds a full copy
   if jax.process_index() == 0:
-    var_io.save_variables(path, variables, _model_metadata(config, config.model, num_classes))
+    checkpoints.save_variables(path, variables, _model_metadata(config, num_classes),
+                               extra_json=extra_json)
 
 
 def _to_host(tree):
@@ -145,45 +64,14 @@ def _to_host(tree):
 
 
 def student_resolution(config) -> int:
-  return config.model.input_size or config.data.crop_size
+  """The pixels the student sees: its in-model resize, else the (possibly reduced) crop."""
+  return config.model.input_size or input_pipeline.output_size(config.data)
 
 
-def _model_metadata(config, model_cfg, num_classes) -> Dict[str, Any]:
-  return {"arch": model_cfg.name, "num_classes": num_classes, "tsm": bool(model_cfg.tsm),
-          "num_segments": config.data.num_frames, "strides": list(model_cfg.strides),
-          "width": model_cfg.width,
-          "stage_sizes": list(model_cfg.stage_sizes) if model_cfg.stage_sizes else None,
-          "stem": model_cfg.stem, "input_size": model_cfg.input_size,
-          "resolution": model_cfg.input_size or config.data.crop_size,
-          "source": "reskd_jax.train", "mode": config.mode}
-
-
-class Evaluator:
-  """Multi-view evaluation on the eval split; the step and data set are built once.
-
-  Calling it with the (replicated) variables returns the metrics; periodic
-  evaluations reuse the compiled step and the tf.data pipeline.
-  """
-
-  def __init__(self, config, model, mesh, num_classes: int, multi_label: bool):
-    step = train_step.make_eval_step(model=models.with_bn_axis(model, None),
-                                     mean=config.data.mean, std=config.data.std,
-                                     dtype=_dtype(config.dtype))
-    self._fn = train_step.shard_eval_step(step, mesh)
-    self._dataset = input_pipeline.create_dataset(
-        config.data, config.data.eval_split, train=False,
-        batch_size=config.eval_batch_size // jax.process_count(), num_classes=num_classes)
-    self._spec = jax.sharding.PartitionSpec(train_step.AXIS)
-    self._mesh = mesh
-    self._multi_label = multi_label
-    self._max_batches = config.num_eval_steps
-
-  def _put(self, batch):
-    return input_pipeline.make_global_batch(batch, self._mesh, self._spec)
-
-  def __call__(self, variables) -> Dict[str, float]:
-    return evaluate.evaluate(self._fn, variables, self._dataset.as_numpy_iterator(), self._put,
-                             self._multi_label, max_batches=self._max_batches)
+def _model_metadata(config, num_classes) -> Dict[str, Any]:
+  return meta_lib.for_trained_model(config, config.model, num_classes,
+                                    input_pipeline.frames_per_clip(config.data),
+                                    student_resolution(config))
 
 
 def _gflops(config, model, variables) -> float:
@@ -203,15 +91,83 @@ def _steps(config, info) -> Tuple[int, int]:
   return steps_per_epoch, total
 
 
+def read_best(workdir: str) -> Dict[str, Any]:
+  """The best record, read from inside ``best_variables`` (where it changes atomically)."""
+  checkpoints.recover_interrupted_swap(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
+  inside = os.path.join(workdir, workdir_lib.BEST_VARIABLES, workdir_lib.BEST)
+  best = read_json(inside) if os.path.isfile(inside) else None
+  if best is None:  # workdirs of older versions kept it at the top level
+    best = read_json(os.path.join(workdir, workdir_lib.BEST), default={})
+  return best or {}
+
+
+class _FiniteWatch:
+  """Collects the steps' on-device ``non_finite`` flags; checks them at boundaries only."""
+
+  def __init__(self):
+    self._pending: List[Tuple[int, Any]] = []
+
+  def add(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def check(self, last_good: Any, where: str) -> None:
+    if not self._pending:
+      return
+    flags = jax.device_get([m["non_finite"] for _, m in self._pending])  # one transfer
+    pending, self._pending = self._pending, []
+    for (step, metrics), flag in zip(pending, flags):
+      flag = int(flag)
+      if flag:
+        what = ", ".join(name for bit, name in _NON_FINITE if flag & bit)
+        values = f"loss={float(metrics['loss']):.4g}, grad_norm={float(metrics['grad_norm']):.4g}"
+        kept = (f"the last good checkpoint (step {last_good}) is kept in {where}"
+                if last_good is not None else "no checkpoint had been saved yet")
+        raise NonFiniteError(
+            f"step {step}: the {what} became non-finite ({values}); stopped without saving "
+            f"this state, {kept}. Lower config.optimizer.base_learning_rate or check the data")
+
+
+def _lock(workdir: str):
+  if jax.process_index() == 0:
+    return workdir_lib.WorkdirLock(workdir)
+  return contextlib.nullcontext()
+
+
+def _prepare_teacher(config) -> Dict[str, Any]:
+  """Fills/checks ``config.teacher`` from its checkpoint's ``meta.json``; returns the meta."""
+  if config.mode != "reskd":
+    return {}
+  path = config.teacher.checkpoint
+  try:
+    meta = checkpoints.load_metadata(path)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.teacher.checkpoint: {e}") from None
+  config_checks.fill_teacher(config, meta, repr(path))
+  config_checks.check_resolution(config)
+  return meta
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains, evaluates, writes ``results.json``; returns the final eval metrics."""
-  check_config(config)
+  config_checks.check_config(config)
   info = input_pipeline.dataset_info(config.data.data_dir)
-  check_splits(config, info)
-  num_classes = _num_classes(config, info)
+  config_checks.check_splits(config, info)
+  num_classes = config_checks.num_classes(config, info)
   os.makedirs(workdir, exist_ok=True)
+  with _lock(workdir):
+    return _train(config, workdir, info, num_classes)
+
+
+def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
+  teacher_meta = _prepare_teacher(config)
+  manager = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
+  config_path = os.path.join(workdir, workdir_lib.CONFIG)
+  if manager.all_steps():
+    config_checks.check_resume(config, read_json(config_path), workdir)
+  _save_json(config_path, config_checks.config_to_json(config))
+
   mesh = train_step.make_mesh()
-  dtype = _dtype(config.dtype)
+  dtype = config_checks.compute_dtype(config.dtype)
   bn_axis = train_step.AXIS if config.sync_bn else None
   num_frames = input_pipeline.frames_per_clip(config.data)
   student = build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
@@ -221,17 +177,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                     config.data.crop_size)
   variables = jax.tree.map(np.asarray, variables)
   if config.model.init_from:
-    variables = var_io.merge_pretrained(variables, var_io.load_variables(config.model.init_from))
+    variables = checkpoints.merge_pretrained(variables,
+                                             checkpoints.load_variables(config.model.init_from))
 
   teacher, teacher_vars = None, {}
   if config.mode == "reskd":
     # The teacher's head never runs under dropout: only BN sees train mode.
     teacher = build_from_config(config.teacher, num_classes, dtype=dtype, bn_axis_name=bn_axis,
                                 dropout_rate=0.0)
-    teacher_vars = var_io.load_variables(config.teacher.checkpoint)
+    teacher_vars = checkpoints.load_variables(config.teacher.checkpoint)
     teacher_vars = {k: teacher_vars[k] for k in ("params", "batch_stats") if k in teacher_vars}
-    check_teacher_alignment(config, student, models.with_bn_axis(teacher, None), teacher_vars,
-                            num_classes)
+    config_checks.check_teacher_alignment(config, student, models.with_bn_axis(teacher, None),
+                                          teacher_vars, num_classes, teacher_meta)
 
   steps_per_epoch, num_train_steps = _steps(config, info)
   # With gradient accumulation the schedule counts optimizer updates, `step` micro-batches.
@@ -243,10 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
   state = train_step.create_train_state(variables, tx)
 
-  manager = train_utils.create_checkpoint_manager(workdir, config.keep_checkpoints)
-  restored = train_utils.restore_latest(manager, jax.tree.map(np.asarray, state))
+  restored = manager.restore(jax.tree.map(np.asarray, state))
+  last_good = None
   if restored is not None:
-    state = restored
+    state, last_good = restored
   start_step = int(state.step)
   state = train_step.replicate(state, mesh)
   teacher_vars = train_step.replicate(teacher_vars, mesh)
@@ -264,55 +221,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       num_classes=num_classes, seed=config.seed, start_step=start_step)
   batches = input_pipeline.prefetch_to_mesh(train_ds, mesh)
 
-  evaluator = Evaluator(config, student, mesh, num_classes, info.multi_label)
-  writer = train_utils.create_metric_writer(workdir)
+  evaluator = evaluate.Evaluator(config, student, mesh, num_classes, info, dtype)
+  # TensorBoard points are written when the checkpoint covering them is saved.
+  writer = train_utils.CommittedWriter(train_utils.create_metric_writer(workdir))
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items()
                           if isinstance(v, (int, float, str, bool))})
   progress = train_utils.Progress(num_train_steps, config.batch_size, first_step=start_step)
   eval_every = max(int(config.eval_every_epochs * steps_per_epoch), 1)
-  best_path = os.path.join(workdir, BEST_VARIABLES)
-  best = _read_json(os.path.join(workdir, BEST_FILE))
+  best_path = os.path.join(workdir, workdir_lib.BEST_VARIABLES)
+  best = read_best(workdir)
   final_metrics: Dict[str, Any] = {}
   history = []
   preempted = False
+  watch = _FiniteWatch()
   logging.info("training %s (%s) for %d steps (%d per epoch) from step %d", config.model.name,
                config.mode, num_train_steps, steps_per_epoch, start_step)
 
-  with train_utils.StopSignal() as stop:
-    for step in range(start_step + 1, num_train_steps + 1):
-      batch = next(batches)
-      state, metrics = step_fn(state, teacher_vars, batch, step_rng)
-      history.append(metrics)
-      if step % config.log_every_steps == 0 or step == num_train_steps:
-        summary = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
-        summary["learning_rate"] = float(schedule((step - 1) // accum))
-        history = []
-        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",
-                                                       "accuracy")})
-      if step % eval_every == 0 or step == num_train_steps:
-        final_metrics = evaluator(state.variables)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in final_metrics.items()
-                                    if k in EVAL_METRICS})
-        print(f"[eval] step {step}: " + " ".join(
-            f"{k}={final_metrics[k]:.4f}" for k in EVAL_METRICS if k in final_metrics),
-            flush=True)
-        value = final_metrics.get(config.eval_metric)
-        if value is not None and value > best.get(config.eval_metric, -1.0):
-          best = {config.eval_metric: value, "step": step}
-          _save_json(os.path.join(workdir, BEST_FILE), best)
-          _save_variables(best_path, state.variables, config, num_classes)
-      saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
-      if saved:
-        train_utils.save_state(manager, step, state)
-      if stop.received is not None:
-        if not saved:
-          train_utils.save_state(manager, step, state, force=True)
-        preempted = True
-        break
+  def _save(step: int, force: bool = False) -> None:
+    nonlocal last_good
+    watch.check(last_good, manager.directory)  # never save a non-finite state
+    manager.save(step, state, force=force)  # returns once the previous save is on disk
+    if last_good is not None:
+      writer.commit(upto=last_good)
+    last_good = step
+
+  train_utils.sync_processes("reskd-train-loop")  # all compiled and ready: start together
+  try:
+    with train_utils.StopSignal(mesh) as stop:
+      for step in range(start_step + 1, num_train_steps + 1):
+        batch = next(batches)
+        state, metrics = step_fn(state, teacher_vars, batch, step_rng)
+        watch.add(step, metrics)
+        history.append(metrics)
+        if step % config.log_every_steps == 0 or step == num_train_steps:
+          watch.check(last_good, manager.directory)
+          summary = {k: float(np.mean([float(m[k]) for m in history]))
+                     for k in history[0] if k != "non_finite"}
+          summary["learning_rate"] = float(schedule((step - 1) // accum))
+          history = []
+          writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+          progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",
+                                                         "accuracy")})
+        if step % eval_every == 0 or step == num_train_steps:
+          watch.check(last_good, manager.directory)  # never evaluate (or keep) a NaN model
+          final_metrics = evaluator(state.variables)
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in final_metrics.items()
+                                      if k in EVAL_METRICS})
+          print(f"[eval] step {step}: " + " ".join(
+              f"{k}={final_metrics[k]:.4f}" for k in EVAL_METRICS if k in final_metrics),
+              flush=True)
+          value = final_metrics.get(config.eval_metric)
+          if (value is not None and np.isfinite(value)
+              and value > best.get(config.eval_metric, -1.0)):
+            best = {config.eval_metric: value, "step": step}
+            # best.json lives inside best_variables: both change in one rename.
+            _save_variables(best_path, state.variables, config, num_classes,
+                            extra_json={workdir_lib.BEST: best})
+        saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
+        if saved:
+          _save(step)
+        if stop.should_stop():  # the same step on every process
+          if not saved:
+            _save(step, force=True)
+          preempted = True
+          break
+  except NonFiniteError:
+    manager.wait_until_finished()  # the good checkpoints in flight land completely
+    if last_good is not None:
+      writer.commit(upto=last_good)
+    writer.discard()
+    raise
   manager.wait_until_finished()
-  writer.flush()
+  writer.commit()
   if preempted:
     print(f"stopped at step {int(state.step)} after a signal; rerun the same command to "
           f"resume from {workdir}", flush=True)
@@ -321,42 +302,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if not final_metrics:  # resumed after the last step: nothing ran, evaluate once
     final_metrics = evaluator(state.variables)
   variables = _to_host(state.variables)
-  _save_variables(os.path.join(workdir, var_io.VARIABLES_SUBDIR), variables, config,
-                  num_classes)
+  _save_variables(os.path.join(workdir, workdir_lib.VARIABLES), variables, config, num_classes)
   results = dict(final_metrics)
   results.update({
-      "mode": config.mode, "model": config.model.name, "resolution": student_resolution(config),
-      "num_frames": num_frames, "step": int(state.step), "best": best,
+      "run": "train", "mode": config.mode, "model": config.model.name,
+      "resolution": student_resolution(config), "num_frames": num_frames,
+      "step": int(state.step), "best": best,
       "gflops_per_video": _gflops(config, student, variables),
   })
-  _save_json(os.path.join(workdir, RESULTS_FILE), results)
+  _save_json(os.path.join(workdir, workdir_lib.RESULTS), results)
   return results
 
 
+def _print_metrics(title: str, metrics: Dict[str, Any]) -> None:
+  if jax.process_index() != 0:
+    return
+  print(title)
+  for key in EVAL_METRICS + ("num_videos", "gflops_per_video", "eval_seconds"):
+    if key in metrics:
+      value = metrics[key]
+      print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
+  print(flush=True)
+
+
 def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
-  """``--mode=eval``: evaluates ``<workdir>/variables`` (or ``best_variables``)."""
-  check_config(config)
+  """``--mode=eval``: evaluates ``<workdir>/variables``, prints and writes ``eval_results.json``."""
+  config_checks.check_config(config)
   info = input_pipeline.dataset_info(config.data.data_dir)
-  check_splits(config, info, train=False)
-  num_classes = _num_classes(config, info)
-  model = build_from_config(config.model, num_classes, dtype=_dtype(config.dtype))
-  variables = var_io.load_variables(workdir)
+  config_checks.check_splits(config, info, train=False)
+  num_classes = config_checks.num_classes(config, info)
+  dtype = config_checks.compute_dtype(config.dtype)
+  model = build_from_config(config.model, num_classes, dtype=dtype)
+  source = checkpoints.resolve_variables_dir(workdir)
+  variables = checkpoints.load_variables(source)
   mesh = train_step.make_mesh()
-  metrics = Evaluator(config, model, mesh, num_classes, info.multi_label)(
+  metrics = evaluate.Evaluator(config, model, mesh, num_classes, info, dtype)(
       train_step.replicate(variables, mesh))
-  metrics.update({"mode": "eval", "model": config.model.name,
+  metrics.update({"run": "eval", "mode": config.mode, "model": config.model.name,
+                  "variables": os.path.abspath(source), "split": config.data.eval_split,
                   "resolution": student_resolution(config),
                   "num_frames": input_pipeline.frames_per_clip(config.data),
                   "gflops_per_video": _gflops(config, model, variables)})
-  _save_json(os.path.join(workdir, "eval_results.json"), metrics)
+  out = os.path.join(workdir, workdir_lib.EVAL_RESULTS)
+  _save_json(out, metrics)
+  _print_metrics(f"[eval] {source} on {config.data.data_dir!r} split "
+                 f"{config.data.eval_split!r}:", metrics)
+  if jax.process_index() == 0:
+    print(f"wrote {out}", flush=True)
   return metrics
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
-  return {}
 
 
 def _flat_config(config, prefix="") -> Dict[str, Any]:

@@ -113,16 +113,33 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
     params = jax.tree.map(lambda p, u: p + u, state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
-    metrics = {
+    grad_norm = _global_norm(grads)
+    metrics = jax.lax.pmean({
         "loss": loss,
         "ce_loss": ce,
         "kd_loss": kd,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
-        "grad_norm": _global_norm(grads),
-    }
-    return new_state, jax.lax.pmean(metrics, AXIS)
+    }, AXIS)
+    metrics["grad_norm"] = grad_norm
+    # Divergence guard, on device: a step whose loss, gradient norm or new
+    # state is not finite keeps the old state; the host reads the flag at
+    # its log/checkpoint/eval boundaries and stops there.
+    non_finite = (jnp.where(jnp.isfinite(metrics["loss"]), 0, 1)
+                  + jnp.where(jnp.isfinite(grad_norm), 0, 2)
+                  + jnp.where(all_finite((params, batch_stats)), 0, 4))
+    ok = non_finite == 0
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+    metrics["non_finite"] = non_finite.astype(jnp.int32)
+    return new_state, metrics
 
   return step
+
+
+def all_finite(tree) -> jnp.ndarray:
+  """True when every floating leaf of ``tree`` is finite (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _global_norm(tree):

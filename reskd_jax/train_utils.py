@@ -1,29 +1,80 @@
 """Generic training utilities, apart from the method (scenic style).
 
-Progress line with rate and ETA, TensorBoard metric writer, orbax
-checkpoint manager for the train state, and a SIGTERM/SIGINT latch for
-preemptible machines.
+Progress line with rate and ETA, one-line warnings, a TensorBoard metric
+writer that holds points back until the checkpoint covering them is saved
+(so a resumed run never writes a step twice), and a SIGTERM/SIGINT latch for
+preemptible machines. Train checkpoints live in ``reskd_jax.checkpoints``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
+
+
+def warn(message: str) -> None:
+  """``warning: message`` on stderr (process 0 only)."""
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def create_metric_writer(workdir: str):
   """TensorBoard event files in ``workdir`` (and the log), on process 0 only."""
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                               asynchronous=True)
+
+
+class CommittedWriter:
+  """Holds scalars (and hparams) back until the checkpoint covering their step is on disk.
+
+  A run resumed from a checkpoint replays the steps after it; their points
+  were never written, so TensorBoard sees every step at most once. Points
+  still pending when a run dies are dropped with it (a resume recomputes
+  them; after a hard kill the steps between the last two checkpoints may be
+  missing instead).
+  """
+
+  def __init__(self, writer):
+    self._writer = writer
+    self._pending: List[Tuple[str, Any, Any]] = []
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._pending.append(("scalars", int(step), dict(scalars)))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._pending.append(("hparams", -1, dict(hparams)))
+
+  def commit(self, upto: Optional[int] = None) -> None:
+    """Writes the pending points of steps ``<= upto`` (all when None)."""
+    if upto is None:
+      now, self._pending = self._pending, []
+    else:
+      now = [p for p in self._pending if p[1] <= upto]
+      self._pending = [p for p in self._pending if p[1] > upto]
+    for kind, step, payload in now:
+      if kind == "scalars":
+        self._writer.write_scalars(step, payload)
+      else:
+        self._writer.write_hparams(payload)
+    if now:
+      self._writer.flush()
+
+  def discard(self) -> None:
+    self._pending = []
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -64,48 +115,81 @@ class Progress:
     return line
 
 
-def create_checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Asynchronous orbax manager keeping the last ``keep`` train states."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+def sync_processes(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches ``name`` (a coordination-service barrier).
+
+  Not a device collective: processes that start their first collective far
+  apart (one still compiling) would otherwise hit the CPU collectives' fixed
+  30 s rendezvous timeout (gloo). A no-op with one process.
+  """
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(name, timeout=timeout_s,
+                                        processes=set(range(jax.process_count())))
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> None:
-  manager.save(step, args=ocp.args.StandardSave(state), force=force)
+_received: Optional[int] = None  # the signal latched by `StopSignal`, process-wide
+_installed = 0  # nesting depth of active `StopSignal` contexts
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Any:
-  """The latest saved state, or None when the workdir has none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  logging.info("resuming from %s step %d", manager.directory, step)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+def _handle_signal(signum, frame):
+  del frame
+  global _received
+  if _received is None:
+    print(f"received signal {signum}: saving a checkpoint and stopping", flush=True)
+  _received = signum
 
 
 class StopSignal:
-  """Latches SIGTERM/SIGINT so the loop can checkpoint and stop cleanly."""
+  """Latches SIGTERM/SIGINT so the loop can checkpoint and stop cleanly.
 
-  def __init__(self):
-    self.received: Optional[int] = None
+  The latch is process-wide (an outer context, e.g. in ``main.py``, catches a
+  signal during start-up for the loop's inner one). :meth:`should_stop` is
+  the decision every process agrees on: with several processes each call
+  all-reduces (max) the processes' flags over ``mesh``. Call ``k`` dispatches
+  the reduction of the flags as they are now and returns the result of call
+  ``k - 1`` (the host waits on it only once the next step is queued); as every
+  process calls it once per step, all of them stop after the same step,
+  whichever got the signal.
+  """
+
+  def __init__(self, mesh: Optional[jax.sharding.Mesh] = None):
     self._previous = {}
+    self._pending = None
+    self._reduce = None
+    if mesh is not None and jax.process_count() > 1:
+      self._flags = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+      self._reduce = jax.jit(jnp.max, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+
+  @property
+  def received(self) -> Optional[int]:
+    return _received
+
+  def should_stop(self) -> bool:
+    """True on every process at the same call once any process has been signalled."""
+    local = _received is not None
+    if self._reduce is None:
+      return local
+    flags = jax.make_array_from_process_local_data(
+        self._flags, np.full(jax.local_device_count(), local, np.int32))
+    pending, self._pending = self._pending, self._reduce(flags)
+    return pending is not None and bool(pending)
 
   def __enter__(self):
+    global _installed, _received
+    if _installed == 0:
+      _received = None
+    _installed += 1
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
-        self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[sig] = signal.signal(sig, _handle_signal)
       except ValueError:  # not the main thread
         pass
     return self
 
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signum
-    print(f"received signal {signum}: saving a checkpoint and stopping", flush=True)
-
   def __exit__(self, *exc):
+    global _installed
+    _installed -= 1
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     return False

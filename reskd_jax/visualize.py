@@ -185,11 +185,11 @@ def figure4(models: Mapping[str, Tuple[Any, Any]], videos, out_dir: str,
 
 def model_from_workdir(path: str, overrides: Optional[Mapping[str, Any]] = None):
   """(model, variables) from a variables directory / workdir and its meta.json."""
-  from reskd_jax import checkpoint
+  from reskd_jax import checkpoints
 
-  meta = dict(checkpoint.load_metadata(path))
+  meta = dict(checkpoints.load_metadata(path))
   meta.update({k: v for k, v in (overrides or {}).items() if v is not None})
-  variables = checkpoint.load_variables(path)
+  variables = checkpoints.load_variables(path)
   if "arch" not in meta:
     raise ValueError(f"{path}: meta.json has no 'arch'; pass --arch")
   num_classes = meta.get("num_classes") or int(variables["params"]["fc"]["bias"].shape[0])

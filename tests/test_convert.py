@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reskd_jax import checkpoint, convert
+from reskd_jax import checkpoints, convert
 from tests.torch_models import resnet as torch_resnet
 from reskd_jax.models import build_model
 
@@ -99,7 +99,7 @@ def test_mmaction_tsm_resnet50_matches_torch(tmp_path):
   meta = convert.convert_file(str(path), str(out), "resnet50", fmt="mmaction", tsm=True,
                               num_segments=8)
   assert meta["num_classes"] == NUM_CLASSES and meta["tsm"] is True
-  variables = checkpoint.load_variables(str(out))
+  variables = checkpoints.load_variables(str(out))
   torch.manual_seed(2)
   video = torch.randn(1, 8, 3, 112, 112)
   (t_logits, t_feats), (f_logits, f_feats) = _run_both(tmodel, variables, 50, video, tsm=True,
@@ -188,20 +188,20 @@ def test_save_load_round_trip_and_workdir(tmp_path):
   meta = {"arch": "resnet18", "num_classes": NUM_CLASSES, "tsm": False, "source": "test",
           "strides": (1, 2, 2, 2)}
   workdir = tmp_path / "run"
-  checkpoint.save_variables(str(workdir / "variables"), variables, meta)
-  checkpoint.save_variables(str(workdir / "variables"), variables, meta)  # overwrite is fine
+  checkpoints.save_variables(str(workdir / "variables"), variables, meta)
+  checkpoints.save_variables(str(workdir / "variables"), variables, meta)  # overwrite is fine
   for path in (workdir, workdir / "variables"):
-    loaded = checkpoint.load_variables(str(path))
+    loaded = checkpoints.load_variables(str(path))
     assert set(loaded) == {"params", "batch_stats"}
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
                            variables, loaded)
-    got = checkpoint.load_metadata(str(path))
+    got = checkpoints.load_metadata(str(path))
     assert got["arch"] == "resnet18" and got["strides"] == [1, 2, 2, 2]
   assert not [p for p in os.listdir(workdir) if ".tmp-" in p or ".old-" in p]
   with pytest.raises(FileNotFoundError, match="nope"):
-    checkpoint.load_variables(str(tmp_path / "nope"))
+    checkpoints.load_variables(str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="holds no saved variables"):
-    checkpoint.load_variables(str(tmp_path))
+    checkpoints.load_variables(str(tmp_path))
 
 
 def test_merge_pretrained_skips_head():
@@ -209,7 +209,7 @@ def test_merge_pretrained_skips_head():
   init = _fake_variables(model, 0)
   other = build_model("resnet18", 1000, width=8, stage_sizes=(1, 1, 1, 1))
   pre = _fake_variables(other, 1)
-  merged = checkpoint.merge_pretrained(init, pre, skip_head=True)
+  merged = checkpoints.merge_pretrained(init, pre, skip_head=True)
   np.testing.assert_array_equal(merged["params"]["fc"]["kernel"], init["params"]["fc"]["kernel"])
   np.testing.assert_array_equal(merged["params"]["backbone"]["conv1"]["kernel"],
                                 pre["params"]["backbone"]["conv1"]["kernel"])
@@ -217,16 +217,16 @@ def test_merge_pretrained_skips_head():
                                 pre["batch_stats"]["backbone"]["bn1"]["var"])
   jax.jit(model.apply)(merged, jnp.zeros((1, 1, 32, 32, 3)))  # usable as is
   with pytest.raises(ValueError, match=r"shape mismatch \(2\): params/fc/bias"):
-    checkpoint.merge_pretrained(init, pre, skip_head=False)
+    checkpoints.merge_pretrained(init, pre, skip_head=False)
   # A different architecture: missing / unexpected entries are listed.
   deeper = build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(2, 1, 1, 1))
   deep_vars = _fake_variables(deeper, 2)
   with pytest.raises(ValueError) as e:
-    checkpoint.merge_pretrained(init, deep_vars)
+    checkpoints.merge_pretrained(init, deep_vars)
   assert "unexpected in checkpoint" in str(e.value)
   assert "params/backbone/layer1_1/conv1/kernel" in str(e.value)
   with pytest.raises(ValueError, match="missing in checkpoint"):
-    checkpoint.merge_pretrained(deep_vars, init)
+    checkpoints.merge_pretrained(deep_vars, init)
 
 
 def test_cli_bad_file_exits_cleanly(tmp_path, capsys):
@@ -267,5 +267,5 @@ def test_cli_converts_torchvision_file(tmp_path, capsys):
   meta = json.loads((out / "meta.json").read_text())
   assert meta["arch"] == "resnet18" and meta["num_classes"] == NUM_CLASSES
   assert meta["source_format"] == "torchvision"
-  loaded = checkpoint.load_variables(str(out))
+  loaded = checkpoints.load_variables(str(out))
   np.testing.assert_array_equal(loaded["params"]["fc"]["bias"], tmodel.fc.bias.detach().numpy())

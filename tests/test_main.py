@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoint, evaluate, models, records
+from reskd_jax import checkpoints, errors, evaluate, models, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
@@ -56,11 +56,11 @@ def setup(tmp_path_factory):
   teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
                                stem="small")
   tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
-  teacher_dir = checkpoint.save_variables(str(root / "teacher"), tvars, {"arch": "resnet18"})
+  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars, {"arch": "resnet18"})
   # A teacher twice as wide: a 128-channel map the 64-channel student cannot match.
   wide = models.build_model("resnet18", NUM_CLASSES, width=16, stage_sizes=(1, 1, 1, 1),
                             stem="small")
-  wide_dir = checkpoint.save_variables(
+  wide_dir = checkpoints.save_variables(
       str(root / "wide_teacher"), models.init_variables(wide, jax.random.key(8), FRAMES, 32),
       {"arch": "resnet18"})
   return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir}
@@ -120,7 +120,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(setup):
     lines.append(line)
     if "[train] step 5/14" in line:
       child.send_signal(signal.SIGTERM)
-  assert child.wait(timeout=300) == 0, "".join(lines[-40:])
+  assert child.wait(timeout=300) == errors.EXIT_PREEMPTED, "".join(lines[-40:])
   out = "".join(lines)
   assert "saving a checkpoint and stopping" in out, out[-3000:]
   assert not os.path.exists(os.path.join(interrupted, "results.json"))
@@ -132,8 +132,8 @@ def test_sigterm_then_resume_equals_uninterrupted_run(setup):
   b = json.load(open(os.path.join(interrupted, "results.json")))
   for key in ("top1", "top5", "mean_class_accuracy", "step"):
     assert a[key] == b[key], key
-  chex.assert_trees_all_close(checkpoint.load_variables(straight),
-                              checkpoint.load_variables(interrupted), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(checkpoints.load_variables(straight),
+                              checkpoints.load_variables(interrupted), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("flag,needle", [
@@ -152,7 +152,8 @@ def test_bad_config_key_or_type_is_named(setup, flag, needle):
     ("--config.mode=distill", "config.mode='distill'"),
     ("--config.kd_method=attention", "config.kd_method='attention'"),
     ("--config.teacher.width=16", "cannot align the student's 64-channel map"),
-    ("--config.teacher.name=resnet50", "does not fit config.teacher"),
+    ("--config.teacher.stem=imagenet", "does not fit config.teacher"),
+    ("--config.teacher.name=resnet50", "config.teacher.name='resnet50' but the teacher"),
 ])
 def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
   extra = [flag]

@@ -133,11 +133,11 @@ def test_erf_and_attention_figures(tmp_path):
 
 
 def test_visualize_cli_from_saved_variables(tmp_path):
-  from reskd_jax import checkpoint
+  from reskd_jax import checkpoints
   model = _tiny_model()
   meta = {"arch": "resnet18", "num_classes": 5, "strides": (1, 1, 1, 2), **TINY}
   for name, seed in (("base", 0), ("kd", 1)):
-    checkpoint.save_variables(str(tmp_path / name / "variables"), _variables(model, seed), meta)
+    checkpoints.save_variables(str(tmp_path / name / "variables"), _variables(model, seed), meta)
   clips = np.random.default_rng(0).integers(0, 255, (1, 2, 48, 48, 3)).astype(np.uint8)
   np.save(tmp_path / "clips.npy", clips)
   out = tmp_path / "figs"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reskd_jax import checkpoint, convert, flops, models
+from reskd_jax import checkpoints, convert, flops, models
 from tests.torch_models import resnet as torch_resnet
 from tests.torch_models import slowonly as torch_slowonly
 
@@ -120,8 +120,8 @@ def test_mmaction_checkpoint_file_round_trip(reference, tmp_path, capsys):
   assert convert.main(["--format=mmaction", "--arch=slowonly_r50", f"--input={path}",
                        f"--output={out}"]) == 0
   assert "slowonly_r50, 400 classes" in capsys.readouterr().out
-  loaded = checkpoint.load_variables(str(out))
-  assert checkpoint.load_metadata(str(out))["arch"] == "slowonly_r50"
+  loaded = checkpoints.load_variables(str(out))
+  assert checkpoints.load_metadata(str(out))["arch"] == "slowonly_r50"
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), variables, loaded)
   # The same file for a 2D ResNet: one line naming what it is.
   assert convert.main(["--format=mmaction", "--arch=resnet50", f"--input={path}",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoint, models, optim, records, train_step
+from reskd_jax import checkpoints, models, optim, records, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1), dropout_rate=0.0)
@@ -93,7 +93,7 @@ def setup(tmp_path_factory):
     json.dump(manifest, f)
   teacher = models.build_model("slowonly_r50", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1))
   tvars = models.init_variables(teacher, jax.random.key(7), 4, 64)
-  teacher_dir = checkpoint.save_variables(str(root / "teacher"), tvars,
+  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars,
                                           {"arch": "slowonly_r50"})
   return {"root": root, "data": data, "teacher": teacher_dir}
 
@@ -120,7 +120,7 @@ def test_main_trains_evaluates_multiview_and_profiles(setup):
   assert results["step"] == 4 and results["num_videos"] == 8
   assert results["resolution"] == 32 and results["num_frames"] == 4
   assert 0.0 <= results["top1"] <= 1.0 and results["gflops_per_video"] > 0
-  meta = checkpoint.load_metadata(os.path.join(workdir, "variables"))
+  meta = checkpoints.load_metadata(os.path.join(workdir, "variables"))
   assert meta["arch"] == "slowonly_r50"
   # Multi-view testing: 2 clips x 3 crops (ThreeCrop) of the tiny variant.
   proc = _run(setup, workdir, "--mode=eval")

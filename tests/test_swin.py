@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reskd_jax import checkpoint, convert, flops
+from reskd_jax import checkpoints, convert, flops
 from reskd_jax.errors import WeightsError
 from reskd_jax.models import build_model, feature_shape, swin
 from tests.torch_models import resnet as torch_resnet
@@ -174,8 +174,8 @@ def test_checkpoint_file_round_trip(tmp_path, layout):
   path = _save(tmp_path / "swin.pth", {"meta": {"epoch": 30}, "state_dict": sd})
   meta = convert.convert_file(path, str(tmp_path / "out"), "swin_t", fmt="videoswin",
                               **TINY)
-  assert meta["num_classes"] == 7 and meta["embed_dim"] == 8
-  variables = checkpoint.load_variables(str(tmp_path / "out"))
+  assert meta["num_classes"] == 7 and meta["model"]["embed_dim"] == 8
+  variables = checkpoints.load_variables(str(tmp_path / "out"))
   model = build_model("swin_t", 7, **TINY)
   video = _video(4, 32, seed=4)
   want_logits, _ = _torch_forward(ref, video)
@@ -248,7 +248,7 @@ def test_inflate_2d_imagenet_swin():
   student = build_model("swin_t", 7, **TINY)
   init = jax.eval_shape(lambda x: student.init(jax.random.key(0), x),
                         jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32))
-  merged = checkpoint.merge_pretrained(init, variables, skip_head=True)
+  merged = checkpoints.merge_pretrained(init, variables, skip_head=True)
   assert merged["params"]["fc"]["kernel"].shape == (64, 7)
   np.testing.assert_array_equal(merged["params"]["backbone"]["patch_embed"]["proj"]["kernel"],
                                 kernel)
@@ -281,7 +281,7 @@ def test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file(tmp_path, capsys):
   out = tmp_path / "swin_t"
   assert convert.main(["--format=videoswin", "--arch=swin_t", f"--input={path}",
                        f"--output={out}"]) == 0
-  params = checkpoint.load_variables(str(out))["params"]
+  params = checkpoints.load_variables(str(out))["params"]
   np.testing.assert_array_equal(params["backbone"]["norm"]["scale"],
                                 sd["backbone.norm3.weight"].numpy())
   np.testing.assert_array_equal(params["fc"]["kernel"], sd["cls_head.fc_cls.weight"].numpy().T)

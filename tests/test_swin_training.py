@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoint, losses, models, optim, records, train_step
+from reskd_jax import checkpoints, losses, models, optim, records, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Teacher and student differ in width, as Swin-B (1024 channels) and Swin-S (768).
@@ -107,7 +107,7 @@ def setup(tmp_path_factory):
   tiny = dict(embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=(2, 3, 3))
   teacher = models.build_model("swin_b", NUM_CLASSES, **tiny)
   tvars = models.init_variables(teacher, jax.random.key(7), T, CROP)
-  teacher_dir = checkpoint.save_variables(str(root / "teacher"), tvars,
+  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars,
                                           {"arch": "swin_b", **tiny})
   return {"root": root, "data": data, "teacher": teacher_dir}
 
@@ -133,7 +133,7 @@ def test_main_trains_evaluates_multiview_and_profiles(setup):
   assert results["step"] == 4 and results["num_videos"] == 8
   assert results["resolution"] == 16 and results["num_frames"] == 4
   assert 0.0 <= results["top1"] <= 1.0 and results["gflops_per_video"] > 0
-  assert checkpoint.load_metadata(os.path.join(workdir, "variables"))["arch"] == "swin_s"
+  assert checkpoints.load_metadata(os.path.join(workdir, "variables"))["arch"] == "swin_s"
   # Multi-view testing: 2 clips x 3 crops (ThreeCrop) of the tiny variant.
   proc = _run(setup, workdir, "--mode=eval")
   assert proc.returncode == 0, proc.stderr[-3000:]

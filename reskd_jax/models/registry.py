@@ -153,6 +153,14 @@ def _get(block, key):
   return block.get(key) if hasattr(block, "get") else getattr(block, key, None)
 
 
+def _description(model_cfg):
+  """A ``meta.json`` dict describes its model in its ``model`` block (see reskd_jax.meta)."""
+  nested = model_cfg.get("model") if isinstance(model_cfg, Mapping) else None
+  if isinstance(nested, Mapping):
+    return {**model_cfg, **nested}
+  return model_cfg
+
+
 def config_options(model_cfg) -> Dict[str, Any]:
   """The build options a config model block (or a ``meta.json`` dict) stands for.
 
@@ -160,6 +168,7 @@ def config_options(model_cfg) -> Dict[str, Any]:
   family's ``config_keys`` that are set (not ``None``), lists made tuples.
   ``model_cfg`` names the architecture in ``name`` (or ``arch`` in meta.json).
   """
+  model_cfg = _description(model_cfg)
   name = _get(model_cfg, "name") or _get(model_cfg, "arch")
   family = FAMILIES[family_name(name)]
   options = {}
@@ -178,6 +187,7 @@ def build_from_config(model_cfg, num_classes: int, **overrides) -> nn.Module:
   teacher, ``num_segments``) take precedence; ``None`` ones are ignored. An
   unknown name raises :class:`UnknownModelError` (a ``ConfigError``).
   """
+  model_cfg = _description(model_cfg)
   name = _get(model_cfg, "name") or _get(model_cfg, "arch")
   check_name(name, "config model name")
   options = config_options(model_cfg)

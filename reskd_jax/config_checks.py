@@ -1,0 +1,253 @@
+"""Start-up checks of a run's config: everything that would otherwise fail hours in.
+
+``train.train_and_evaluate`` and ``--mode=eval`` call these before any
+compilation. Each failure is a one-line ``ConfigError`` naming the key (exit
+status 2, see ``reskd_jax.errors``). Checked: the run kind and method, names
+of architectures, dtypes, batch sizes against the devices, the
+logging/checkpoint/eval intervals, that both splits exist and hold videos,
+the number of classes, that a student does not upsample its crop, that a
+resumed workdir was started with the same model, data and batch settings,
+and that a teacher checkpoint fits ``config.teacher`` (whose unset
+architecture keys are filled from the checkpoint's ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reskd_jax import input_pipeline, losses, meta as meta_lib, models, train_step, train_utils
+from reskd_jax.errors import ConfigError
+
+EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
+# Settings a resumed run must share with the run that wrote its checkpoints.
+RESUME_PREFIXES = ("model.", "teacher.", "data.")
+RESUME_KEYS = ("batch_size", "num_classes", "mode", "kd_method", "dtype")
+# ... except these, which may change between runs (moved data, moved teacher).
+RESUME_FREE = ("data.data_dir", "data.cache", "model.init_from", "teacher.checkpoint",
+               "allow_config_change")
+
+
+def compute_dtype(name: str):
+  if name not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.dtype={name!r}: expected 'float32' or 'bfloat16'")
+  return jnp.float32 if name == "float32" else jnp.bfloat16
+
+
+def check_config(config) -> None:
+  """Start-up checks of the keys a run cannot recover from later."""
+  if config.mode not in train_step.MODES:
+    raise ConfigError(f"config.mode={config.mode!r}: expected one of {train_step.MODES}")
+  if config.mode == "reskd":
+    if config.kd_method not in losses.KD_METHODS:
+      raise ConfigError(f"config.kd_method={config.kd_method!r}: expected one of "
+                        f"{losses.KD_METHODS}")
+    if not config.teacher.checkpoint:
+      raise ConfigError("config.teacher.checkpoint is empty: ResKD needs a trained teacher "
+                        "(a teacher run's workdir or a directory written by "
+                        "`python -m reskd_jax.convert`)")
+  if config.eval_metric not in EVAL_METRICS:
+    raise ConfigError(f"config.eval_metric={config.eval_metric!r}: expected one of "
+                      f"{EVAL_METRICS}")
+  blocks = ("model", "teacher") if config.mode == "reskd" else ("model",)
+  frames = input_pipeline.frames_per_clip(config.data)
+  for key in blocks:
+    name = config[key].name
+    if name is None:  # a teacher's architecture may come from its meta.json
+      continue
+    models.check_name(name, f"config.{key}.name")
+    multiple = models.FAMILIES[models.family_name(name)].temporal_multiple
+    if frames % multiple:
+      raise ConfigError(f"clips have {frames} frames (config.data), but config.{key}.name="
+                        f"{name!r} takes a multiple of {multiple} frames (its temporal "
+                        f"patch size)")
+  scale = config.data.get("decode_scale", 1)
+  if scale != 1 and config.mode != "baseline":
+    raise ConfigError(f"config.data.decode_scale={scale} shrinks every frame, so a "
+                      f"{config.mode!r} run's {'teacher' if config.mode == 'reskd' else 'model'}"
+                      f" would not see full resolution; reduced-scale decoding is for "
+                      f"mode='baseline' runs (set config.data.decode_scale=1)")
+  compute_dtype(config.dtype)
+  n = jax.device_count()
+  for key in ("batch_size", "eval_batch_size"):
+    value = config[key]
+    if value < 1 or value % n:
+      raise ConfigError(f"config.{key}={value} must be a positive multiple of the "
+                        f"{n} devices")
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if config[key] < 1:
+      raise ConfigError(f"config.{key}={config[key]}: must be at least 1")
+  if not config.eval_every_epochs > 0:
+    raise ConfigError(f"config.eval_every_epochs={config.eval_every_epochs}: must be positive")
+  check_resolution(config)
+
+
+def check_resolution(config) -> None:
+  """A model must not upsample its crop: that costs FLOPs and adds no information."""
+  crop = config.data.crop_size
+  blocks = ("model", "teacher") if config.mode == "reskd" else ("model",)
+  for key in blocks:
+    size = config[key].get("input_size")
+    if size is not None and size > crop:
+      raise ConfigError(
+          f"config.{key}.input_size={size} is larger than config.data.crop_size={crop}: the "
+          f"model would upsample its input (more FLOPs, no more detail); lower "
+          f"config.{key}.input_size or raise config.data.crop_size")
+
+
+def check_splits(config, info, train: bool = True) -> None:
+  """Both splits must exist and hold videos before hours of training, not at the first eval."""
+  keys = ("train_split", "eval_split") if train else ("eval_split",)
+  for key in keys:
+    split = config.data[key]
+    if split not in info.num_videos:
+      raise ConfigError(f"config.data.{key}={split!r} is not a split of "
+                        f"{config.data.data_dir!r} (it has {sorted(info.num_videos)})")
+    if info.num_videos[split] < 1:
+      raise ConfigError(f"config.data.{key}={split!r} has no videos in "
+                        f"{config.data.data_dir!r}; prepare it again or choose another split")
+
+
+def num_classes(config, info) -> int:
+  """``config.num_classes``, or the data set's when it is -1 (or None)."""
+  if config.num_classes in (-1, None):
+    return info.num_classes
+  if config.num_classes != info.num_classes:
+    raise ConfigError(f"config.num_classes={config.num_classes} but the data set at "
+                      f"{config.data.data_dir!r} has {info.num_classes} classes (set "
+                      f"config.num_classes=-1 to take the data set's)")
+  return config.num_classes
+
+
+# ---------------------------------------------------------------------------
+# Resuming a workdir.
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_to_json(config) -> Dict[str, Any]:
+  """The config as plain JSON (what ``<workdir>/config.json`` holds)."""
+  return json.loads(config.to_json())
+
+
+def resume_differences(config, saved: Mapping[str, Any]) -> List[str]:
+  """``key: saved -> now`` for every model/data/batch setting that changed."""
+  now, before = _flat(config_to_json(config)), _flat(saved)
+  diffs = []
+  for key in sorted(set(now) & set(before)):
+    if key in RESUME_FREE or not (key.startswith(RESUME_PREFIXES) or key in RESUME_KEYS):
+      continue
+    if now[key] != before[key]:
+      diffs.append(f"{key}: {before[key]!r} -> {now[key]!r}")
+  return diffs
+
+
+def check_resume(config, saved: Optional[Mapping[str, Any]], workdir: str) -> None:
+  """A workdir with checkpoints resumes only with the settings that wrote them."""
+  if not saved:
+    return
+  diffs = resume_differences(config, saved)
+  if not diffs:
+    return
+  if config.get("allow_config_change", False):
+    train_utils.warn(f"resuming {workdir} with changed settings ({'; '.join(diffs)}) because "
+                     f"config.allow_config_change=True")
+    return
+  raise ConfigError(
+      f"{workdir} was started with other settings: {'; '.join(diffs)}. Resume with the saved "
+      f"settings (config.json there), use a new workdir, or pass "
+      f"--config.allow_config_change=True")
+
+
+# ---------------------------------------------------------------------------
+# Teachers.
+
+
+def _norm(value):
+  if isinstance(value, (list, tuple)):
+    return [_norm(v) for v in value]
+  return value
+
+
+# Teacher keys that are choices of this run, not of the teacher's training: the
+# resolution the teacher is fed (e.g. the paper's model-distillation ablation).
+TEACHER_FREE = ("input_size",)
+
+
+def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
+  """Fills unset ``config.teacher`` architecture keys from ``meta`` and checks the set ones.
+
+  Generic over the keys of the teacher block: every key that ``meta`` pins
+  down (see ``meta.model_fields``) is filled when unset (None) and must agree
+  when set, except ``TEACHER_FREE`` (``input_size``: unset feeds the teacher
+  the crop). A TSM teacher must see the frame count it was trained with.
+  """
+  teacher = config.teacher
+  known = meta_lib.model_fields(meta)
+  for key in teacher.keys():
+    if key in meta_lib.RUN_KEYS or key in TEACHER_FREE or key not in known:
+      continue
+    want, have = known[key], teacher[key]
+    if have is None:
+      if want is not None:
+        teacher[key] = tuple(want) if isinstance(want, list) else want
+    elif _norm(have) != _norm(want):
+      raise ConfigError(
+          f"config.teacher.{key}={have!r} but the teacher at {where} was trained with "
+          f"{key}={want!r} (its meta.json); leave config.teacher.{key} unset to take it from "
+          f"there")
+  if teacher.name is None:
+    raise ConfigError(f"config.teacher.name is unset and the meta.json of {where} does not "
+                      f"name the architecture; set config.teacher.name")
+  frames, num_frames = meta.get("num_segments"), config.data.num_frames
+  if frames and frames != num_frames:
+    if teacher.tsm:
+      raise ConfigError(
+          f"the TSM teacher at {where} was trained on num_segments={frames} frames per clip "
+          f"but config.data.num_frames={num_frames}; temporal shifts need the same count")
+    train_utils.warn(f"the teacher at {where} was trained on {frames} frames per clip; this "
+                     f"run gives it {num_frames}")
+
+
+def check_teacher_alignment(config, student, teacher, teacher_vars, classes: int,
+                            meta: Optional[Mapping[str, Any]] = None) -> None:
+  """The teacher must fit its config, and its outputs must align with the student's."""
+  if meta and meta.get("num_classes") not in (None, classes):
+    raise ConfigError(f"the teacher at {config.teacher.checkpoint!r} has "
+                      f"num_classes={meta['num_classes']} (its meta.json) but this run has "
+                      f"{classes} classes")
+  expected = jax.eval_shape(lambda: models.init_variables(
+      teacher, jax.random.key(0), config.data.num_frames, config.data.crop_size))
+  got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), teacher_vars)
+  exp_shapes = {jax.tree_util.keystr(k): v.shape
+                for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  got_shapes = {jax.tree_util.keystr(k): v.shape
+                for k, v in jax.tree_util.tree_leaves_with_path(got)}
+  if exp_shapes != got_shapes:
+    missing = sorted(set(exp_shapes) - set(got_shapes))[:5]
+    extra = sorted(set(got_shapes) - set(exp_shapes))[:5]
+    wrong = sorted(k for k in set(exp_shapes) & set(got_shapes)
+                   if exp_shapes[k] != got_shapes[k])[:5]
+    raise ConfigError(
+        f"config.teacher.checkpoint={config.teacher.checkpoint!r} does not fit "
+        f"config.teacher (name={config.teacher.name!r}, {classes} classes): "
+        f"missing {missing}, unexpected {extra}, shape mismatch {wrong}")
+  if config.kd_method == "pixel_feature":
+    cs, ct = models.feature_channels(student), models.feature_channels(teacher)
+    if cs != ct:
+      raise ConfigError(
+          f"config.kd_method='pixel_feature' cannot align the student's {cs}-channel map "
+          f"({config.model.name}) with the teacher's {ct}-channel map ({config.teacher.name}); "
+          f"use kd_method='pixel_logit' (per-position logits) for such pairs")
