@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 import data_prep.tfds_builders  # noqa: F401  registers the builders
 from data_prep import ConvertOptions, convert_format
-from data_prep.testing import make_frames, put_video, read_records
+from data_helpers import make_frames, put_video, read_records
 
 CLASSES = ["abseiling", "zumba"]
 
