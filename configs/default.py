@@ -324,16 +324,17 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   crop = 32
   for block in (config.model, config.teacher):
-    if block.name and block.name.startswith("resnet"):
+    name = block.name or ""  # a teacher's name may come from its meta.json
+    if name.startswith("resnet"):
       block.name = "resnet18"
       block.width = 8
       block.stage_sizes = (1, 1, 1, 1)
       block.stem = "small"
-    elif block.name.startswith("slowonly"):
+    elif name.startswith("slowonly"):
       block.width = 8
       block.stage_sizes = (1, 1, 1, 1)
       crop = 64  # total stride 32: the 1/2-resolution student needs 32 px
-    elif block.name.startswith("swin"):
+    elif name.startswith("swin"):
       _tiny_swin(block)
   if config.model.input_size is not None:
     config.model.input_size = crop // 2

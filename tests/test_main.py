@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoints, errors, evaluate, models, records
+from reskd_jax import checkpoints, errors, evaluate, meta as meta_lib, models, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
@@ -56,14 +56,26 @@ def setup(tmp_path_factory):
   teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
                                stem="small")
   tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
-  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars, {"arch": "resnet18"})
+  # Its meta.json describes it, so `:tiny` runs take the teacher's architecture from it.
+  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars, _teacher_meta(width=8))
   # A teacher twice as wide: a 128-channel map the 64-channel student cannot match.
   wide = models.build_model("resnet18", NUM_CLASSES, width=16, stage_sizes=(1, 1, 1, 1),
                             stem="small")
   wide_dir = checkpoints.save_variables(
       str(root / "wide_teacher"), models.init_variables(wide, jax.random.key(8), FRAMES, 32),
-      {"arch": "resnet18"})
-  return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir}
+      _teacher_meta(width=16))
+  # The same weights with an older, incomplete meta.json (no stem): the default stem
+  # (imagenet) is filled in, and the weights do not fit it.
+  legacy_dir = checkpoints.save_variables(
+      str(root / "legacy_teacher"), tvars,
+      {"arch": "resnet18", "num_classes": NUM_CLASSES, "width": 8, "stage_sizes": [1, 1, 1, 1]})
+  return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir,
+          "legacy_teacher": legacy_dir}
+
+
+def _teacher_meta(width):
+  return meta_lib.for_converted("resnet18", NUM_CLASSES, False, None, "random weights", "test",
+                                {"width": width, "stage_sizes": (1, 1, 1, 1), "stem": "small"})
 
 
 def _cmd(setup, workdir, *extra, config=CONFIG):
@@ -152,13 +164,16 @@ def test_bad_config_key_or_type_is_named(setup, flag, needle):
     ("--config.mode=distill", "config.mode='distill'"),
     ("--config.kd_method=attention", "config.kd_method='attention'"),
     ("--config.teacher.width=16", "cannot align the student's 64-channel map"),
-    ("--config.teacher.stem=imagenet", "does not fit config.teacher"),
+    ("--config.teacher.stem=imagenet", "config.teacher.stem='imagenet' but the teacher at"),
     ("--config.teacher.name=resnet50", "config.teacher.name='resnet50' but the teacher"),
+    ("legacy_teacher", "does not fit config.teacher"),
 ])
 def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
   extra = [flag]
   if "width=16" in flag:
     extra.append(f"--config.teacher.checkpoint={setup['wide_teacher']}")
+  if flag == "legacy_teacher":
+    extra = [f"--config.teacher.checkpoint={setup['legacy_teacher']}"]
   proc = _run(_cmd(setup, str(setup["root"] / "bad2"), *extra), timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert needle in proc.stderr and "Traceback" not in proc.stderr
