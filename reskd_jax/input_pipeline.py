@@ -247,18 +247,22 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   }
 
 
-def _eval_example(example, *, data_cfg, num_classes: int, split: str):
-  """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
-  s = data_cfg.crop_size
-  clips = data_cfg.test_num_clips
-  t = frames_per_clip(data_cfg)
-  n = _num_frames(example, split)
-  labels = _check_labels(example, num_classes, split)
+def eval_indices(num_frames, data_cfg):
+  """The test transform's frame indices of a video of `num_frames` frames: [clips, T]."""
   if data_cfg.sampling == "tsn":
-    indices = sampling.tsn_test_indices(n, data_cfg.num_frames, clips)
-  else:
-    indices = sampling.dense_test_indices(n, data_cfg.clip_len, data_cfg.frame_interval, clips)
-  images, inverse = _decode_frames(example, indices, split)
+    return sampling.tsn_test_indices(num_frames, data_cfg.num_frames, data_cfg.test_num_clips)
+  return sampling.dense_test_indices(num_frames, data_cfg.clip_len, data_cfg.frame_interval,
+                                     data_cfg.test_num_clips)
+
+
+def eval_views(images, inverse, data_cfg):
+  """The test transform's crops: uint8 [V, T, S, S, 3] (view = crop * clips + clip).
+
+  `images` are the distinct sampled frames [U, H, W, 3] at any size (short
+  side resized here) and `inverse` [clips * T] maps each sampled position to
+  one of them (`tf.unique` of `eval_indices`).
+  """
+  s = data_cfg.crop_size
   images = _resize_short_side(images, data_cfg.short_side)
   shape = tf.shape(images)
   if data_cfg.test_num_crops == 1:
@@ -267,10 +271,19 @@ def _eval_example(example, *, data_cfg, num_classes: int, split: str):
   else:
     offsets = sampling.three_crop_offsets(shape[1], shape[2], s)
     crops = [_crop(images, offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
-  views = [tf.reshape(tf.gather(c, inverse), [clips, t, s, s, 3]) for c in crops]
-  video = tf.concat(views, axis=0)  # view = crop * clips + clip
+  t = frames_per_clip(data_cfg)
+  views = [tf.reshape(tf.gather(c, inverse), [data_cfg.test_num_clips, t, s, s, 3])
+           for c in crops]
+  return tf.ensure_shape(tf.concat(views, axis=0), [num_views(data_cfg), t, s, s, 3])
+
+
+def _eval_example(example, *, data_cfg, num_classes: int, split: str):
+  """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
+  n = _num_frames(example, split)
+  labels = _check_labels(example, num_classes, split)
+  images, inverse = _decode_frames(example, eval_indices(n, data_cfg), split)
   return {
-      "video": tf.ensure_shape(video, [num_views(data_cfg), t, s, s, 3]),
+      "video": eval_views(images, inverse, data_cfg),
       "label": tf.cast(labels[0], tf.int32),
       "multilabel": tf.ensure_shape(_multihot(labels, num_classes), [num_classes]),
       "mask": tf.constant(1.0, tf.float32),

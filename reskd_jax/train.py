@@ -140,11 +140,12 @@ def _save_json(path: str, payload: Dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def _save_variables(path, variables, config, num_classes) -> None:
+def _save_variables(path, variables, config, num_classes, class_names=()) -> None:
   """The student's variables for deployment / as a teacher (process 0 writes)."""
   variables = _to_host(variables)  # replicated: every host holds a full copy
   if jax.process_index() == 0:
-    var_io.save_variables(path, variables, _model_metadata(config, config.model, num_classes))
+    var_io.save_variables(path, variables,
+                          _model_metadata(config, config.model, num_classes, class_names))
 
 
 def _to_host(tree):
@@ -155,8 +156,16 @@ def student_resolution(config) -> int:
   return config.model.input_size or config.data.crop_size
 
 
-def _model_metadata(config, model_cfg, num_classes) -> Dict[str, Any]:
-  return {"arch": model_cfg.name, "num_classes": num_classes, "tsm": bool(model_cfg.tsm),
+# The test transform, recorded in meta.json so that predict/export need no config file.
+_TEST_TRANSFORM_KEYS = ("sampling", "num_frames", "clip_len", "frame_interval", "short_side",
+                        "crop_size", "test_num_clips", "test_num_crops", "mean", "std")
+
+
+def _model_metadata(config, model_cfg, num_classes, class_names=()) -> Dict[str, Any]:
+  return {"class_names": list(class_names),
+          "data": {k: config.data[k] for k in _TEST_TRANSFORM_KEYS},
+          "dataset": config.data.name,
+          "arch": model_cfg.name, "num_classes": num_classes, "tsm": bool(model_cfg.tsm),
           "num_segments": config.data.num_frames, "strides": list(model_cfg.strides),
           "width": model_cfg.width,
           "stage_sizes": list(model_cfg.stage_sizes) if model_cfg.stage_sizes else None,
@@ -306,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         if value is not None and value > best.get(config.eval_metric, -1.0):
           best = {config.eval_metric: value, "step": step}
           _save_json(os.path.join(workdir, BEST_FILE), best)
-          _save_variables(best_path, state.variables, config, num_classes)
+          _save_variables(best_path, state.variables, config, num_classes, info.class_names)
       saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
       if saved:
         train_utils.save_state(manager, step, state)
@@ -326,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     final_metrics = evaluator(state.variables)
   variables = _to_host(state.variables)
   _save_variables(os.path.join(workdir, var_io.VARIABLES_SUBDIR), variables, config,
-                  num_classes)
+                  num_classes, info.class_names)
   results = dict(final_metrics)
   results.update({
       "mode": config.mode, "model": config.model.name, "resolution": student_resolution(config),
