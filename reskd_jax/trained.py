@@ -143,7 +143,8 @@ def transform_config(meta: Mapping[str, Any],
 
 
 def load(path: str, *, classes: Optional[str] = None,
-         transform: Optional[Mapping[str, Any]] = None) -> TrainedModel:
+         transform: Optional[Mapping[str, Any]] = None,
+         meta_overrides: Optional[Mapping[str, Any]] = None) -> TrainedModel:
   """The model of a workdir / variables directory at ``path``.
 
   Args:
@@ -151,9 +152,12 @@ def load(path: str, *, classes: Optional[str] = None,
       file, a JSON list, or a converted data set directory with manifest.json).
     transform: test transform overrides (keys of ``DEFAULT_TRANSFORM``; None
       values are ignored).
+    meta_overrides: meta.json entries to replace (e.g. ``{"arch": ...}``; None
+      values are ignored).
   """
   try:
     meta = dict(checkpoint.load_metadata(path))
+    meta.update({k: v for k, v in (meta_overrides or {}).items() if v is not None})
     variables = checkpoint.load_variables(path)
   except FileNotFoundError as e:
     raise CheckpointError(str(e)) from None
