@@ -125,15 +125,22 @@ def erf_radii(model, variables, videos, fraction: float = 0.5,
   maps = np.concatenate([np.asarray(grad_maps(videos[s:s + batch_size]))
                          for s in range(0, n, batch_size)], axis=1)
   cy, cx = _position_centres(height, fh), _position_centres(width, fw)
-  ys, xs = np.mgrid[:height, :width]
-  radii = np.zeros((n, len(positions)), np.float64)
-  for p, (i, j) in enumerate(positions):
-    dist = np.hypot(ys - cy[i], xs - cx[j]).ravel()
-    order = np.argsort(dist, kind="stable")
-    mass = maps[p].reshape(n, -1)[:, order].astype(np.float64)
-    cum = np.cumsum(mass, axis=1) / np.maximum(mass.sum(axis=1, keepdims=True), 1e-30)
-    radii[:, p] = dist[order][np.argmax(cum >= fraction, axis=1)]
+  radii = np.stack([half_mass_radius(maps[p], (cy[i], cx[j]), fraction)
+                    for p, (i, j) in enumerate(positions)], axis=1)
   return radii.reshape(n, fh, fw)
+
+
+def half_mass_radius(maps, centre: Tuple[float, float], fraction: float = 0.5) -> np.ndarray:
+  """``(N,)``: for each non-negative map ``(N, H, W)``, the smallest distance r from
+  ``centre`` (y, x in pixel coordinates) such that the pixels within r hold
+  ``fraction`` of the map's total."""
+  maps = np.asarray(maps, np.float64)
+  ys, xs = np.mgrid[:maps.shape[1], :maps.shape[2]]
+  dist = np.hypot(ys - centre[0], xs - centre[1]).ravel()
+  order = np.argsort(dist, kind="stable")
+  mass = maps.reshape(maps.shape[0], -1)[:, order]
+  cum = np.cumsum(mass, axis=1) / np.maximum(mass.sum(axis=1, keepdims=True), 1e-30)
+  return dist[order][np.argmax(cum >= fraction - 1e-12, axis=1)]
 
 
 def erf_summary(models: Mapping[str, Tuple[Any, Any]], videos,

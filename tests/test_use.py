@@ -153,3 +153,50 @@ def test_visualize_from_video_files(run_dir, videos, tmp_path, capsys):
   summary = json.load(open(out / "erf.json"))
   assert set(summary) == {"Baseline", "ResKD"}
   assert 0 < summary["ResKD"]["radius_mean"] <= CROP * 2**0.5
+
+
+def test_half_mass_radius():
+  ys, xs = np.mgrid[:41, :41]
+  dist = np.hypot(ys - 20, xs - 20)
+  maps = np.stack([(dist <= 8).astype(float), (dist <= 16).astype(float), np.exp(-dist)])
+  radii = visualize.half_mass_radius(maps, (20.0, 20.0))
+  # A uniform disc of radius R holds half its mass within R / sqrt(2).
+  np.testing.assert_allclose(radii[:2], [8 / 2**0.5, 16 / 2**0.5], atol=0.6)
+  assert radii[2] < radii[0]  # a peaked map is more concentrated
+  off_centre = visualize.half_mass_radius(maps[:1], (20.0, 28.0))
+  assert off_centre[0] > radii[0]
+
+
+def test_ablation_configs_table_and_chart(tmp_path):
+  from configs import demo as demo_config
+  from reskd_jax import ablations
+  cfgs = {run: demo_config.get_config(run) for run in demo_config.ABLATIONS}
+  assert [cfgs[r].kd_method for r in ("clip", "frame", "pixel_logit")] == [
+      "clip", "frame", "pixel_logit"]
+  # Table 6: the deeper teacher keeps the student's channels (pixel-feature KD applies).
+  assert cfgs["both"].teacher.stage_sizes == (2, 2, 2, 2)
+  assert cfgs["model"].teacher.input_size == 32 and cfgs["both"].teacher.input_size is None
+  assert cfgs["teacher_large_low"].model.input_size == 32
+  assert cfgs["model"].teacher.checkpoint.endswith("teacher_large_low")
+  results = {run: {"top1": 0.5 + 0.05 * k} for k, run in enumerate(
+      ("baseline", "clip", "frame", "reskd", "pixel_logit", "model", "both"))}
+  rows = ablations.table(results)
+  assert [r["paper_map"] for r in rows if r["table"] == "Table 6"] == [71.8, 73.3, 76.2, 78.5]
+  assert rows[1]["setting"] == "Clip-level KD" and rows[1]["demo_top1"] == 55.0
+  assert "Resolution distillation" in ablations.format_table(rows)
+  png = ablations.plot(rows, str(tmp_path / "ablations.png"))
+  assert mpimg.imread(png)[..., :3].std() > 0.01
+
+
+def test_runtime_package_does_not_import_data_prep():
+  """data_prep imports reskd_jax (records, video_io); never the other way round."""
+  import ast
+  import pathlib
+  import reskd_jax
+  offenders = []
+  for path in pathlib.Path(reskd_jax.__file__).parent.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "data_prep"]
+  assert not offenders
