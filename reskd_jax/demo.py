@@ -167,9 +167,9 @@ def main(argv=None) -> int:
     lines.append(f"{run:<10} {r['resolution']:>4} {100 * r['top1']:>6.1f}% "
                  f"{r['gflops_per_video']:>13.4f} {r['videos_per_sec']:>9.1f}")
   gain = 100 * (results["reskd"]["top1"] - results["baseline"]["top1"])
+  ratio = results["teacher"]["gflops_per_video"] / results["reskd"]["gflops_per_video"]
   lines.append(f"ResKD student vs baseline at the same cost: {gain:+.1f} points top-1; "
-               f"{results['teacher']['gflops_per_video'] / results['reskd']['gflops_per_video']:.1f}x "
-               f"fewer GFLOPs than the teacher")
+               f"{ratio:.1f}x fewer GFLOPs than the teacher")
   print("\n" + "\n".join(lines))
   figures, erf = _figures(trained, results, os.path.join(workdir, "figures"))
   print(visualize.format_erf_summary(erf))

@@ -72,6 +72,11 @@ def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str,
   """What `export.json` says: class names, the input and how to produce it."""
   data = model.data
   frames = input_pipeline.frames_per_clip(data)
+  sampling = (f"{frames} frames, one at the centre of each of {frames} equal segments"
+              if data.sampling == "tsn" else
+              f"{frames} consecutive frames every {data.frame_interval} (dense)")
+  crops = "the centre crop" if data.test_num_crops == 1 else "three crops along the long side"
+  views = input_pipeline.num_views(data)
   return {
       "class_names": list(model.class_names),
       "num_classes": model.num_classes,
@@ -79,9 +84,10 @@ def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str,
           "shape": ["batch", frames, data.crop_size, data.crop_size, 3],
           "dtype": "uint8",
           "layout": "RGB frames, 0-255, (batch, frames, height, width, channels)",
-          "how": (f"sample {frames} frames ({data.sampling}: one at the centre of each of "
-                  f"{frames} equal segments), resize the short side to {data.short_side} "
-                  f"(bilinear), take the centre {data.crop_size}x{data.crop_size} crop"),
+          "how": (f"sample {sampling}; resize the short side to {data.short_side} "
+                  f"(bilinear); take {crops} of {data.crop_size}x{data.crop_size}. One row "
+                  f"is one view; the run's evaluation averages the probabilities of "
+                  f"{views} view(s) per video"),
           "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()},
       },
       "output": {"shape": ["batch", model.num_classes], "dtype": "float32",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reskd_jax import checkpoint, export, models, predict, trained, visualize
+from reskd_jax import augment, checkpoint, export, models, predict, trained, visualize
 
 CLASSES = ("red", "green", "blue")
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
@@ -56,7 +56,6 @@ def run_dir(tmp_path_factory):
   model = trained.build_model(META, 3)
   variables = models.init_variables(model, jax.random.key(0), FRAMES, CROP)
   views = np.stack([_clip(c, FRAMES)[:, :CROP, :CROP] for c in COLOURS])
-  from reskd_jax import augment
   out = model.apply(variables, augment.normalize(views), return_dict=True)
   pooled = np.asarray(out["features"]).mean(axis=(1, 2, 3))  # (3, C)
   pooled = np.concatenate([pooled, np.ones((3, 1), np.float32)], axis=1)
