@@ -13,7 +13,7 @@
 
 - :func:`erf_radii` puts a number on the ERF: for every clip and every
   position of the last feature map, the radius (in input pixels, around the
-  position's centre) of the disc holding half of the gradient mass.
+  ERF's centre of mass) of the disc holding half of the gradient mass.
   :func:`erf_summary` averages it over clips and positions; a smaller radius
   is a more concentrated (contracted) receptive field.
 
@@ -92,11 +92,6 @@ def effective_receptive_field(model, variables, videos, position: Optional[Tuple
   return (erf / peak if peak > 0 else erf), (int(i), int(j))
 
 
-def _position_centres(size: int, feature_size: int) -> np.ndarray:
-  """Centre of each feature position in input pixel coordinates (pixel centres at 0..size-1)."""
-  return (np.arange(feature_size) + 0.5) * size / feature_size - 0.5
-
-
 def erf_radii(model, variables, videos, fraction: float = 0.5,
               batch_size: int = 8) -> np.ndarray:
   """``(N, h, w)``: per clip and feature position, the ERF radius in input pixels.
@@ -104,11 +99,13 @@ def erf_radii(model, variables, videos, fraction: float = 0.5,
   The ERF of a position is |d(sum over channels and frames of the feature
   there) / d(input)|, averaged over frames and colour channels (as in
   :func:`effective_receptive_field`, but per clip). Its radius is the
-  smallest distance r from the position's centre such that the pixels
-  within r hold ``fraction`` of the map's total.
+  smallest r such that the disc of radius r around the map's centre of mass
+  holds ``fraction`` of the map's total (:func:`half_mass_radius`). The
+  centre of mass, rather than a nominal centre of the position, keeps the
+  measure free of padding and resize conventions.
   """
   videos = jnp.asarray(videos, jnp.float32)
-  n, _, height, width, _ = videos.shape
+  n = videos.shape[0]
   fh, fw = jax.eval_shape(lambda x: _features(model, variables, x), videos[:1]).shape[2:4]
   positions = [(i, j) for i in range(fh) for j in range(fw)]
 
@@ -124,23 +121,31 @@ def erf_radii(model, variables, videos, fraction: float = 0.5,
 
   maps = np.concatenate([np.asarray(grad_maps(videos[s:s + batch_size]))
                          for s in range(0, n, batch_size)], axis=1)
-  cy, cx = _position_centres(height, fh), _position_centres(width, fw)
-  radii = np.stack([half_mass_radius(maps[p], (cy[i], cx[j]), fraction)
-                    for p, (i, j) in enumerate(positions)], axis=1)
+  radii = np.stack([half_mass_radius(maps[p], None, fraction)
+                    for p in range(len(positions))], axis=1)
   return radii.reshape(n, fh, fw)
 
 
-def half_mass_radius(maps, centre: Tuple[float, float], fraction: float = 0.5) -> np.ndarray:
+def half_mass_radius(maps, centre: Optional[Tuple[float, float]] = None,
+                     fraction: float = 0.5) -> np.ndarray:
   """``(N,)``: for each non-negative map ``(N, H, W)``, the smallest distance r from
-  ``centre`` (y, x in pixel coordinates) such that the pixels within r hold
-  ``fraction`` of the map's total."""
+  ``centre`` (y, x in pixel coordinates; None: each map's centre of mass) such
+  that the pixels within r hold ``fraction`` of the map's total."""
   maps = np.asarray(maps, np.float64)
   ys, xs = np.mgrid[:maps.shape[1], :maps.shape[2]]
-  dist = np.hypot(ys - centre[0], xs - centre[1]).ravel()
-  order = np.argsort(dist, kind="stable")
-  mass = maps.reshape(maps.shape[0], -1)[:, order]
-  cum = np.cumsum(mass, axis=1) / np.maximum(mass.sum(axis=1, keepdims=True), 1e-30)
-  return dist[order][np.argmax(cum >= fraction - 1e-12, axis=1)]
+  total = np.maximum(maps.sum(axis=(1, 2)), 1e-30)
+  if centre is None:
+    cy = (maps * ys).sum(axis=(1, 2)) / total
+    cx = (maps * xs).sum(axis=(1, 2)) / total
+  else:
+    cy, cx = np.full(len(maps), centre[0]), np.full(len(maps), centre[1])
+  dist = np.hypot(ys[None] - cy[:, None, None], xs[None] - cx[:, None, None])
+  dist = dist.reshape(len(maps), -1)
+  order = np.argsort(dist, axis=1, kind="stable")
+  mass = np.take_along_axis(maps.reshape(len(maps), -1), order, axis=1)
+  cum = np.cumsum(mass, axis=1) / total[:, None]
+  first = np.argmax(cum >= fraction - 1e-12, axis=1)
+  return np.take_along_axis(dist, order, axis=1)[np.arange(len(maps)), first]
 
 
 def erf_summary(models: Mapping[str, Tuple[Any, Any]], videos,

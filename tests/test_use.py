@@ -158,12 +158,14 @@ def test_half_mass_radius():
   ys, xs = np.mgrid[:41, :41]
   dist = np.hypot(ys - 20, xs - 20)
   maps = np.stack([(dist <= 8).astype(float), (dist <= 16).astype(float), np.exp(-dist)])
-  radii = visualize.half_mass_radius(maps, (20.0, 20.0))
+  radii = visualize.half_mass_radius(maps)  # around each map's centre of mass: (20, 20)
   # A uniform disc of radius R holds half its mass within R / sqrt(2).
   np.testing.assert_allclose(radii[:2], [8 / 2**0.5, 16 / 2**0.5], atol=0.6)
   assert radii[2] < radii[0]  # a peaked map is more concentrated
-  off_centre = visualize.half_mass_radius(maps[:1], (20.0, 28.0))
-  assert off_centre[0] > radii[0]
+  np.testing.assert_allclose(visualize.half_mass_radius(maps, (20.0, 20.0)), radii)
+  shifted = np.roll(maps[:1], 7, axis=2)  # moving the disc moves the centre of mass along
+  np.testing.assert_allclose(visualize.half_mass_radius(shifted), radii[:1])
+  assert visualize.half_mass_radius(maps[:1], (20.0, 28.0))[0] > radii[0]
 
 
 def test_ablation_configs_table_and_chart(tmp_path):
