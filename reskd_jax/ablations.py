@@ -9,6 +9,7 @@ ResNet-50 student at 112 px, ResNet-152 teacher at 224 px).
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import matplotlib
@@ -80,11 +81,11 @@ def plot(rows: Sequence[Mapping[str, Any]], out_png: str, dpi: int = 100) -> str
       if p:
         ax.text(i + 0.2, p + 0.5, f"{p:.1f}", ha="center", fontsize=7)
     ax.set_xticks(list(x))
-    ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in group], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(r["setting"], 14) for r in group], fontsize=7)
     low = min([v for v in demo + paper if v] or [0.0])
-    ax.set_ylim(max(0.0, low - 15.0), 102.0)
+    ax.set_ylim(max(0.0, low - 15.0), 112.0)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
   fig.savefig(out_png, dpi=dpi)
