@@ -1,20 +1,66 @@
 """`make demo`: the whole method on a fresh machine in minutes.
 
 Prepares the synthetic demo data set (real video files -> TFRecords, by
-`data_prep`), trains the teacher at 64 px, a baseline student and a ResKD
-student at 32 px, evaluates all three and prints a table of accuracy,
-GFLOPs per video and videos per second, also written to
-`<workdir>/demo_results.json`. Runs that already finished are reused, an
+`python -m data_prep demo`, run as a command), trains the teacher at 64 px,
+a baseline student and a ResKD student at 32 px, evaluates all three and
+prints a table of accuracy, GFLOPs per video and videos per second, also
+written to `<workdir>/demo_results.json` with the students' effective
+receptive field radius. Runs that already finished are reused, an
 interrupted run resumes.
 
   python -m reskd_jax.demo --workdir=runs/demo
+  python -m reskd_jax.demo --workdir=runs/demo --ablations
+
+`--ablations` then trains the paper's ablations in miniature (Tables 5 and
+6, `configs/demo.py`), reusing the demo's data, teacher and students, and
+writes `<workdir>/ablations.json` and `<workdir>/ablations.png`.
 """
 
 import argparse
-import json
 import os
+import statistics
+import subprocess
 import sys
 import time
+
+from configs import demo as demo_config
+from reskd_jax import ablations, augment, checkpoints, input_pipeline, plots, profiling, train
+from reskd_jax import visualize
+from reskd_jax.fileio import read_json, write_json_atomic
+
+
+def prepare_data(workdir: str, num_train: int, num_test: int) -> str:
+  """`python -m data_prep demo` in a child process; returns the records directory."""
+  out = os.path.join(workdir, "data")
+  cmd = [sys.executable, "-m", "data_prep", "demo", f"--out={out}",
+         f"--num-train={num_train}", f"--num-test={num_test}"]
+  if subprocess.run(cmd, check=False).returncode != 0:
+    raise RuntimeError(f"demo data preparation failed: {' '.join(cmd)}")
+  return os.path.join(out, "records")
+
+
+def _train_or_reuse(run: str, workdir: str, records: str):
+  """(config, run directory, results) of `configs/demo.py:<run>`, trained unless finished."""
+  cfg = demo_config.get_config(run)
+  cfg.data.data_dir = records
+  # Teacher checkpoints name a demo run ("runs/demo/teacher"): point them into workdir.
+  cfg.teacher.checkpoint = os.path.join(workdir, os.path.basename(cfg.teacher.checkpoint))
+  run_dir = os.path.join(workdir, run)
+  results_path = os.path.join(run_dir, train.RESULTS_FILE)
+  print(f"\n=== {run}: {cfg.model.name} at {train.student_resolution(cfg)} px "
+        f"({cfg.mode}{', ' + cfg.kd_method + ' KD' if cfg.mode == 'reskd' else ''}) ===",
+        flush=True)
+  res = read_json(results_path)
+  if res is not None:
+    print(f"reusing {results_path}")
+    return cfg, run_dir, res
+  t0, c0 = time.time(), time.process_time()
+  res = train.train_and_evaluate(cfg, run_dir)
+  if res.get("preempted"):
+    return cfg, run_dir, res
+  print(f"{run} trained in {time.time() - t0:.0f} s ({time.process_time() - c0:.0f} s CPU)",
+        flush=True)
+  return cfg, run_dir, res
 
 
 def _measure_all(runs, batch_size: int, rounds: int = 3):
@@ -23,8 +69,6 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   The rounds interleave the models so that load on a shared machine hits all
   of them alike; each figure is the median over rounds of a median of 5 runs.
   """
-  import statistics
-  from reskd_jax import checkpoints, profiling, train
   speeds = {name: [] for name in runs}
   for _ in range(rounds):
     for name, (cfg, workdir, num_classes) in runs.items():
@@ -38,9 +82,12 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   return {name: statistics.median(v) for name, v in speeds.items()}
 
 
-def _figures(trained, results, out_dir, num_clips: int = 4):
-  """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo."""
-  from reskd_jax import augment, checkpoints, input_pipeline, plots, train, visualize
+def _figures(trained, results, out_dir, num_clips: int = 64):
+  """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo.
+
+  The ERF radius (`visualize.erf_summary`) is averaged over `num_clips` test clips; the
+  attention figure shows the first four. Returns the figure paths and the ERF summary.
+  """
   cfg = trained["reskd"][0]
   batch = next(input_pipeline.create_dataset(
       cfg.data, cfg.data.eval_split, train=False, batch_size=num_clips,
@@ -56,7 +103,32 @@ def _figures(trained, results, out_dir, num_clips: int = 4):
   paths["trade_off"] = plots.plot_tradeoff(
       [points["reskd"]], os.path.join(out_dir, "trade_off.png"), teacher=points["teacher"],
       baseline=points["baseline"], title="Demo: accuracy vs cost")
-  return paths
+  return paths, read_json(paths["erf_summary"])
+
+
+def run_ablations(workdir: str, records: str, results) -> int:
+  """Tables 5 and 6 in miniature; writes ablations.json and ablations.png."""
+  start, cpu0 = time.time(), time.process_time()
+  runs = {name: {"top1": r["top1"], "resolution": r["resolution"]}
+          for name, r in results.items()}
+  for run in demo_config.ABLATIONS:
+    _, _, res = _train_or_reuse(run, workdir, records)
+    if res.get("preempted"):
+      print("ablations interrupted; rerun the same command to resume", file=sys.stderr)
+      return 1
+    runs[run] = {"top1": res["top1"], "resolution": res["resolution"]}
+  rows = ablations.table(runs)
+  teachers = {name: runs[name] for name in demo_config.TEACHER_RUNS}
+  text = ablations.format_table(rows, teachers)
+  print("\nAblations in miniature (demo top-1 on 400 test clips; paper: ActivityNet mAP)\n"
+        + text)
+  payload = {"rows": rows, "teachers": teachers,
+             "seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu0}
+  out = write_json_atomic(os.path.join(workdir, "ablations.json"), payload)
+  png = ablations.plot(rows, os.path.join(workdir, "ablations.png"))
+  print(f"\nwritten {out} and {png} ({payload['seconds']:.0f} s, "
+        f"{payload['cpu_seconds']:.0f} s CPU in this process)")
+  return 0
 
 
 def main(argv=None) -> int:
@@ -66,37 +138,20 @@ def main(argv=None) -> int:
   parser.add_argument("--num-train", type=int, default=600)
   parser.add_argument("--num-test", type=int, default=400)
   parser.add_argument("--throughput-batch", type=int, default=32)
+  parser.add_argument("--ablations", action="store_true",
+                      help="also train the ablations of Tables 5 and 6 (after the demo)")
   args = parser.parse_args(argv)
-
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from configs import demo as demo_config
-  from data_prep.demo_data import prepare_demo
-  from reskd_jax import train
 
   start = time.time()
   workdir = os.path.abspath(args.workdir)
-  records = prepare_demo(os.path.join(workdir, "data"), num_train=args.num_train,
-                         num_test=args.num_test)
+  records = prepare_data(workdir, args.num_train, args.num_test)
   results, trained = {}, {}
   for run in demo_config.RUNS:
-    cfg = demo_config.get_config(run)
-    cfg.data.data_dir = records
-    cfg.teacher.checkpoint = os.path.join(workdir, "teacher")
-    run_dir = os.path.join(workdir, run)
-    results_path = os.path.join(run_dir, train.RESULTS_FILE)
-    print(f"\n=== {run}: {cfg.model.name} at {train.student_resolution(cfg)} px "
-          f"({cfg.mode}) ===", flush=True)
-    if os.path.isfile(results_path):
-      with open(results_path) as f:
-        res = json.load(f)
-      print(f"reusing {results_path}")
-    else:
-      t0 = time.time()
-      res = train.train_and_evaluate(cfg, run_dir)
-      if res.get("preempted"):
-        print("demo interrupted; rerun `make demo` to resume", file=sys.stderr)
-        return 1
-      print(f"{run} trained in {time.time() - t0:.0f} s", flush=True)
+    cfg, run_dir, res = _train_or_reuse(run, workdir, records)
+    if res.get("preempted"):
+      print("demo interrupted; rerun `make demo` to resume", file=sys.stderr)
+      return 1
     results[run] = {
         "top1": res["top1"],
         "top5": res["top5"],
@@ -114,18 +169,20 @@ def main(argv=None) -> int:
     lines.append(f"{run:<10} {r['resolution']:>4} {100 * r['top1']:>6.1f}% "
                  f"{r['gflops_per_video']:>13.4f} {r['videos_per_sec']:>9.1f}")
   gain = 100 * (results["reskd"]["top1"] - results["baseline"]["top1"])
+  ratio = results["teacher"]["gflops_per_video"] / results["reskd"]["gflops_per_video"]
   lines.append(f"ResKD student vs baseline at the same cost: {gain:+.1f} points top-1; "
-               f"{results['teacher']['gflops_per_video'] / results['reskd']['gflops_per_video']:.1f}x "
-               f"fewer GFLOPs than the teacher")
-  table = "\n".join(lines)
-  print("\n" + table)
-  figures = _figures(trained, results, os.path.join(workdir, "figures"))
+               f"{ratio:.1f}x fewer GFLOPs than the teacher")
+  print("\n" + "\n".join(lines))
+  figures, erf = _figures(trained, results, os.path.join(workdir, "figures"))
+  print(visualize.format_erf_summary(erf))
   print("figures: " + ", ".join(sorted(figures.values())))
-  out = os.path.join(workdir, "demo_results.json")
-  with open(out + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(out + ".tmp", out)
+  for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
+    results[run]["erf_radius_px"] = erf[name]["radius_mean"]
+    results[run]["erf_radius_frac"] = erf[name]["radius_frac"]
+  out = write_json_atomic(os.path.join(workdir, "demo_results.json"), results, sort_keys=False)
   print(f"\nwritten {out} in {time.time() - start:.0f} s total")
+  if args.ablations:
+    return run_ablations(workdir, records, results)
   return 0
 
 

@@ -325,32 +325,60 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
   }
 
 
-def _eval_example(example, *, data_cfg, num_classes: int, split: str):
-  """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
-  s = output_size(data_cfg)
-  ratio = decode_scale(data_cfg)
-  clips = data_cfg.test_num_clips
-  t = frames_per_clip(data_cfg)
-  n = _num_frames(example, split)
-  labels = _check_labels(example, num_classes, split)
+def eval_indices(num_frames, data_cfg):
+  """The test transform's frame indices of a video of `num_frames` frames: [clips, T]."""
   if data_cfg.sampling == "tsn":
-    indices = sampling.tsn_test_indices(n, data_cfg.num_frames, clips)
-  else:
-    indices = sampling.dense_test_indices(n, data_cfg.clip_len, data_cfg.frame_interval, clips)
-  strings, inverse = _jpegs(example, indices, split)
+    return sampling.tsn_test_indices(num_frames, data_cfg.num_frames, data_cfg.test_num_clips)
+  return sampling.dense_test_indices(num_frames, data_cfg.clip_len, data_cfg.frame_interval,
+                                     data_cfg.test_num_clips)
 
+
+def _eval_boxes(data_cfg, s: int):
+  """`boxes(h, w)`: the test crops (centre, or three) of side `s` in an (h, w) frame."""
   def boxes(h, w):
     if data_cfg.test_num_crops == 1:
       return [(*sampling.center_crop_offset(h, w, s), s, s)]
     offsets = sampling.three_crop_offsets(h, w, s)
     return [(offsets[c, 0], offsets[c, 1], s, s) for c in range(3)]
+  return boxes
 
+
+def _stack_views(crops, inverse, data_cfg, s: int):
+  """Crops [U, s, s, 3] per box -> uint8 [V, T, s, s, 3] (view = crop * clips + clip)."""
+  t = frames_per_clip(data_cfg)
+  views = [tf.reshape(tf.gather(c, inverse), [data_cfg.test_num_clips, t, s, s, 3])
+           for c in crops]
+  return tf.ensure_shape(tf.concat(views, axis=0), [num_views(data_cfg), t, s, s, 3])
+
+
+def eval_views(images, inverse, data_cfg):
+  """The test transform on decoded frames: uint8 [V, T, S, S, 3] (view = crop * clips + clip).
+
+  `images` are the distinct sampled frames [U, H, W, 3] at any size (short
+  side resized here) and `inverse` [clips * T] maps each sampled position to
+  one of them (`tf.unique` of `eval_indices`). The evaluator's own path
+  (`_eval_example`) decodes only the crop windows of the JPEGs instead.
+  """
+  s = data_cfg.crop_size
+  shape = tf.shape(images)
+  new_h, new_w = sampling.short_side_size(shape[1], shape[2], data_cfg.short_side)
+  images = _resize(images, new_h, new_w)
+  crops = [_crop(images, x, y, w, h) for x, y, w, h in _eval_boxes(data_cfg, s)(new_h, new_w)]
+  return _stack_views(crops, inverse, data_cfg, s)
+
+
+def _eval_example(example, *, data_cfg, num_classes: int, split: str):
+  """One parsed video -> {"video": uint8 [V, T, S, S, 3], "label", "multilabel", "mask"}."""
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
+  n = _num_frames(example, split)
+  labels = _check_labels(example, num_classes, split)
+  strings, inverse = _jpegs(example, eval_indices(n, data_cfg), split)
   crops = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
-                        boxes_fn=boxes)
-  views = [tf.reshape(tf.gather(c, inverse), [clips, t, s, s, 3]) for c in crops]
-  video = tf.concat(views, axis=0)  # view = crop * clips + clip
+                        boxes_fn=_eval_boxes(data_cfg, s))
+  video = _stack_views(crops, inverse, data_cfg, s)
   return {
-      "video": tf.ensure_shape(video, [num_views(data_cfg), t, s, s, 3]),
+      "video": video,
       "label": tf.cast(labels[0], tf.int32),
       "multilabel": tf.ensure_shape(_multihot(labels, num_classes), [num_classes]),
       "mask": tf.constant(1.0, tf.float32),

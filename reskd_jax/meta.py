@@ -14,6 +14,9 @@ and check a teacher's architecture. Fields::
                     writes ``name``, ``tsm`` and any non-default build options
     resolution      the pixels the model sees (trainer only)
     mode            ``config.mode`` of the run that trained it (trainer only)
+    class_names     the data set's class names, in label order (trainer only)
+    dataset, data   the data set's name and the test transform's ``config.data``
+                    keys (``TEST_TRANSFORM_KEYS``), for predict/export (trainer only)
     source          ``reskd_jax.train`` or the converted file
     saved_at, num_parameters   written by ``checkpoints.save_variables``
 """
@@ -40,12 +43,19 @@ def architecture(model_cfg: Mapping[str, Any]) -> Dict[str, Any]:
   return {k: _plain(v) for k, v in model_cfg.items() if k not in RUN_KEYS}
 
 
+# The test transform, recorded so that predict and export need no config file.
+TEST_TRANSFORM_KEYS = ("sampling", "num_frames", "clip_len", "frame_interval", "short_side",
+                       "crop_size", "test_num_clips", "test_num_crops", "mean", "std")
+
+
 def for_trained_model(config, model_cfg, num_classes: int, num_frames: int,
-                      resolution: int) -> Dict[str, Any]:
+                      resolution: int, class_names=()) -> Dict[str, Any]:
   """What the trainer records beside a model it trained."""
   return {"arch": model_cfg.name, "num_classes": int(num_classes), "tsm": bool(model_cfg.tsm),
           "num_segments": int(num_frames), "model": architecture(model_cfg),
-          "resolution": int(resolution), "source": "reskd_jax.train", "mode": config.mode}
+          "resolution": int(resolution), "source": "reskd_jax.train", "mode": config.mode,
+          "class_names": list(class_names), "dataset": config.data.name,
+          "data": {k: _plain(config.data[k]) for k in TEST_TRANSFORM_KEYS}}
 
 
 def for_converted(arch: str, num_classes: int, tsm: bool, num_segments: Optional[int],

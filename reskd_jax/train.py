@@ -51,11 +51,13 @@ def _save_json(path: str, payload: Dict[str, Any]) -> None:
     write_json_atomic(path, payload)
 
 
-def _save_variables(path, variables, config, num_classes, extra_json=None) -> None:
+def _save_variables(path, variables, config, num_classes, extra_json=None,
+                    class_names=()) -> None:
   """The student's variables for deployment / as a teacher (process 0 writes)."""
   variables = _to_host(variables)  # replicated: every host holds a full copy
   if jax.process_index() == 0:
-    checkpoints.save_variables(path, variables, _model_metadata(config, num_classes),
+    checkpoints.save_variables(path, variables,
+                               _model_metadata(config, num_classes, class_names),
                                extra_json=extra_json)
 
 
@@ -68,10 +70,10 @@ def student_resolution(config) -> int:
   return config.model.input_size or input_pipeline.output_size(config.data)
 
 
-def _model_metadata(config, num_classes) -> Dict[str, Any]:
+def _model_metadata(config, num_classes, class_names=()) -> Dict[str, Any]:
   return meta_lib.for_trained_model(config, config.model, num_classes,
                                     input_pipeline.frames_per_clip(config.data),
-                                    student_resolution(config))
+                                    student_resolution(config), class_names)
 
 
 def _gflops(config, model, variables) -> float:
@@ -277,7 +279,7 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
             best = {config.eval_metric: value, "step": step}
             # best.json lives inside best_variables: both change in one rename.
             _save_variables(best_path, state.variables, config, num_classes,
-                            extra_json={workdir_lib.BEST: best})
+                            extra_json={workdir_lib.BEST: best}, class_names=info.class_names)
         saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
         if saved:
           _save(step)
@@ -302,7 +304,8 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
   if not final_metrics:  # resumed after the last step: nothing ran, evaluate once
     final_metrics = evaluator(state.variables)
   variables = _to_host(state.variables)
-  _save_variables(os.path.join(workdir, workdir_lib.VARIABLES), variables, config, num_classes)
+  _save_variables(os.path.join(workdir, workdir_lib.VARIABLES), variables, config, num_classes,
+                  class_names=info.class_names)
   results = dict(final_metrics)
   results.update({
       "run": "train", "mode": config.mode, "model": config.model.name,

@@ -1,0 +1,203 @@
+"""Using a trained student: predict on video files, export and reload, figures from videos.
+
+The toy model is a tiny ResNet whose classifier is solved in closed form so
+that a red, a green and a blue video are obviously separable: no training.
+"""
+
+import json
+import os
+
+import av
+import chex
+import jax
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from PIL import Image
+
+from reskd_jax import augment, checkpoints, export, models, predict, trained, visualize
+
+CLASSES = ("red", "green", "blue")
+COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
+FRAMES, SIZE, CROP = 4, 40, 32
+META = {"arch": "resnet18", "num_classes": 3, "tsm": True, "num_segments": FRAMES,
+        "strides": [1, 2, 2, 2], "width": 8, "stage_sizes": [1, 1, 1, 1], "stem": "small",
+        "input_size": 16, "class_names": list(CLASSES),
+        "data": {"sampling": "tsn", "num_frames": FRAMES, "clip_len": 8, "frame_interval": 8,
+                 "short_side": CROP, "crop_size": CROP, "test_num_clips": 1,
+                 "test_num_crops": 1, "mean": [123.675, 116.28, 103.53],
+                 "std": [58.395, 57.12, 57.375]}}
+
+
+def _clip(colour, n=6, seed=0):
+  """n frames of a colour with mild noise, 40x48 (not square: the crop matters)."""
+  rng = np.random.default_rng(seed)
+  base = np.broadcast_to(np.asarray(colour, np.float32), (n, SIZE, SIZE + 8, 3))
+  return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def _write_video(path, frames):
+  with av.open(str(path), "w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=8)
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"qp": "0", "preset": "ultrafast", "threads": "1"}
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A variables directory whose classifier separates the three colours."""
+  root = tmp_path_factory.mktemp("toy")
+  model = trained.build_model(META, 3)
+  variables = models.init_variables(model, jax.random.key(0), FRAMES, CROP)
+  views = np.stack([_clip(c, FRAMES)[:, :CROP, :CROP] for c in COLOURS])
+  out = model.apply(variables, augment.normalize(views), return_dict=True)
+  pooled = np.asarray(out["features"]).mean(axis=(1, 2, 3))  # (3, C)
+  pooled = np.concatenate([pooled, np.ones((3, 1), np.float32)], axis=1)
+  solution = np.linalg.lstsq(pooled, 10.0 * np.eye(3), rcond=None)[0]
+  params = jax.tree.map(np.asarray, dict(variables["params"]))
+  params["fc"] = {"kernel": solution[:-1].astype(np.float32),
+                  "bias": solution[-1].astype(np.float32)}
+  path = str(root / "run" / checkpoints.VARIABLES_SUBDIR)
+  checkpoints.save_variables(path, {"params": params, "batch_stats": variables["batch_stats"]},
+                            META)
+  return str(root / "run")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  root = tmp_path_factory.mktemp("videos")
+  paths = {}
+  for name, colour in zip(CLASSES[:2], COLOURS[:2]):
+    paths[name] = str(root / f"{name}.mp4")
+    _write_video(paths[name], _clip(colour, seed=1))
+  folder = root / "blue_frames"  # a frame folder, the rawframes layout
+  folder.mkdir()
+  for i, frame in enumerate(_clip(COLOURS[2], seed=2), start=1):
+    Image.fromarray(frame).save(folder / f"img_{i:05d}.jpg", quality=95)
+  paths["blue"] = str(folder)
+  paths["bad"] = str(root / "broken.mp4")
+  with open(paths["bad"], "wb") as f:
+    f.write(b"not a video at all")
+  return paths
+
+
+def test_predict_video_files_json(run_dir, videos, capsys):
+  argv = [f"--workdir={run_dir}", "--json", videos["red"], videos["bad"], videos["green"],
+          videos["blue"]]
+  assert predict.main(argv) == 0
+  captured = capsys.readouterr()
+  out = json.loads(captured.out)
+  assert set(out) >= {"workdir", "device", "transform", "results", "errors", "timing"}
+  assert [r["video"] for r in out["results"]] == [videos[c] for c in ("red", "green", "blue")]
+  for result, name in zip(out["results"], ("red", "green", "blue")):
+    assert set(result) == {"video", "top", "num_frames", "decode_s", "model_s"}
+    assert len(result["top"]) == 3  # top-5 of a 3-class model
+    assert result["top"][0]["class"] == name and result["top"][0]["probability"] > 0.9
+    assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0, abs=1e-5)
+    assert result["num_frames"] == 6 and result["decode_s"] >= 0 and result["model_s"] >= 0
+  assert len(out["errors"]) == 1 and out["errors"][0]["video"] == videos["bad"]
+  assert "broken.mp4" in out["errors"][0]["error"]
+  assert "broken.mp4" in captured.err
+  assert set(out["timing"]) == {"decode_s", "model_s", "compile_s"}
+  assert out["transform"]["crop_size"] == CROP
+
+
+def test_predict_text_and_failures(run_dir, videos, tmp_path, capsys):
+  assert predict.main([f"--workdir={run_dir}", videos["green"]]) == 0
+  text = capsys.readouterr().out
+  assert "1. green" in text and "predicted 1 of 1 videos" in text
+  # Nothing readable: exit status 2, every video named.
+  missing = str(tmp_path / "missing.mp4")
+  assert predict.main([f"--workdir={run_dir}", videos["bad"], missing]) == 2
+  err = capsys.readouterr().err
+  assert "broken.mp4" in err and "missing.mp4" in err
+  assert predict.main([f"--workdir={tmp_path}", videos["red"]]) == 2
+  assert "holds no saved variables" in capsys.readouterr().err
+
+
+def test_export_then_load_matches_the_model(run_dir, tmp_path):
+  out_dir = str(tmp_path / "exported")
+  assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model"]) == 0
+  info = json.load(open(os.path.join(out_dir, export.INFO_FILE)))
+  assert info["class_names"] == list(CLASSES)
+  assert info["input"]["shape"] == ["batch", FRAMES, CROP, CROP, 3]
+  assert info["input"]["dtype"] == "uint8"
+  fn = export.load(out_dir)
+  model = trained.load(run_dir)
+  rng = np.random.default_rng(0)
+  for batch in (1, 3):
+    video = rng.integers(0, 256, (batch, FRAMES, CROP, CROP, 3), dtype=np.uint8)
+    expected = model.probabilities(video[:, None])
+    got = fn(video)
+    chex.assert_shape(got, (batch, 3))
+    chex.assert_trees_all_close(np.asarray(got), np.asarray(expected), atol=1e-5)
+
+
+def test_visualize_from_video_files(run_dir, videos, tmp_path, capsys):
+  out = tmp_path / "figs"
+  clips = ",".join([videos["red"], videos["blue"]])
+  assert visualize.main([f"--baseline={run_dir}", f"--reskd={run_dir}", f"--videos={clips}",
+                         "--resolution=0", f"--out={out}"]) == 0
+  for name in ("erf.png", "attention.png"):
+    img = mpimg.imread(str(out / name))
+    assert img[..., :3].std() > 0.01, name
+  printed = capsys.readouterr().out
+  assert "ERF radius" in printed
+  summary = json.load(open(out / "erf.json"))
+  assert set(summary) == {"Baseline", "ResKD"}
+  assert 0 < summary["ResKD"]["radius_mean"] <= CROP * 2**0.5
+
+
+def test_half_mass_radius():
+  ys, xs = np.mgrid[:41, :41]
+  dist = np.hypot(ys - 20, xs - 20)
+  maps = np.stack([(dist <= 8).astype(float), (dist <= 16).astype(float), np.exp(-dist)])
+  radii = visualize.half_mass_radius(maps)  # around each map's centre of mass: (20, 20)
+  # A uniform disc of radius R holds half its mass within R / sqrt(2).
+  np.testing.assert_allclose(radii[:2], [8 / 2**0.5, 16 / 2**0.5], atol=0.6)
+  assert radii[2] < radii[0]  # a peaked map is more concentrated
+  np.testing.assert_allclose(visualize.half_mass_radius(maps, (20.0, 20.0)), radii)
+  shifted = np.roll(maps[:1], 7, axis=2)  # moving the disc moves the centre of mass along
+  np.testing.assert_allclose(visualize.half_mass_radius(shifted), radii[:1])
+  assert visualize.half_mass_radius(maps[:1], (20.0, 28.0))[0] > radii[0]
+
+
+def test_ablation_configs_table_and_chart(tmp_path):
+  from configs import demo as demo_config
+  from reskd_jax import ablations
+  cfgs = {run: demo_config.get_config(run) for run in demo_config.ABLATIONS}
+  assert [cfgs[r].kd_method for r in ("clip", "frame", "pixel_logit")] == [
+      "clip", "frame", "pixel_logit"]
+  # Table 6: the deeper teacher keeps the student's channels (pixel-feature KD applies).
+  assert cfgs["both"].teacher.stage_sizes == (2, 2, 2, 2)
+  assert cfgs["model"].teacher.input_size == 32 and cfgs["both"].teacher.input_size is None
+  assert cfgs["teacher_large_low"].model.input_size == 32
+  assert cfgs["model"].teacher.checkpoint.endswith("teacher_large_low")
+  results = {run: {"top1": 0.5 + 0.05 * k} for k, run in enumerate(
+      ("baseline", "clip", "frame", "reskd", "pixel_logit", "model", "both"))}
+  rows = ablations.table(results)
+  assert [r["paper_map"] for r in rows if r["table"] == "Table 6"] == [71.8, 73.3, 76.2, 78.5]
+  assert rows[1]["setting"] == "Clip-level KD" and rows[1]["demo_top1"] == 55.0
+  assert "Resolution distillation" in ablations.format_table(rows)
+  png = ablations.plot(rows, str(tmp_path / "ablations.png"))
+  assert mpimg.imread(png)[..., :3].std() > 0.01
+
+
+def test_runtime_package_does_not_import_data_prep():
+  """data_prep imports reskd_jax (records, video_io); never the other way round."""
+  import ast
+  import pathlib
+  import reskd_jax
+  offenders = []
+  for path in pathlib.Path(reskd_jax.__file__).parent.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "data_prep"]
+  assert not offenders
