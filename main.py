@@ -89,10 +89,20 @@ def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
-    sys.exit(1)
+    # A config file that fails to load carries its whole traceback: keep the
+    # first line (which flag) and the last (what went wrong).
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(errors.EXIT_BAD_INPUT)
   except (AttributeError, KeyError) as e:
-    print(f"error: {_unknown_key_message(e, argv)}", file=sys.stderr)
+    keys = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+    if any(part in str(e) for key in keys for part in key.split(".") if part):
+      print(f"error: {_unknown_key_message(e, argv)}", file=sys.stderr)
+    else:  # not an override: the config file itself failed
+      config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+      print(f"error: {config_arg.split('=', 1)[-1]} could not be loaded: "
+            f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_BAD_INPUT)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from reskd_jax import records
 from reskd_jax.records import parse_sequence_example, read_manifest
 
 CODECS = {".mp4": ("libx264", "yuv444p", {"qp": "0"}),
@@ -81,3 +82,29 @@ def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple
     raise AssertionError(f"{len(result)} records, manifest says "
                          f"{manifest['splits'][split]['num_videos']}")
   return manifest, result
+
+
+def write_tiny_split(root: str, split: str, sizes, rs: np.random.RandomState, *,
+                     num_classes: int, height: int, width: int,
+                     frames_per_video: int = 6) -> Dict:
+  """Writes a split of tiny labelled videos as TFRecord shards; returns its manifest entry.
+
+  ``sizes`` is the number of videos, or a list of videos per shard. Video v
+  has class ``v % num_classes`` and frames of noise whose brightness encodes
+  the class (``rs.rand * 60 + 40 * label``), so a tiny model can learn it.
+  """
+  sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+  os.makedirs(os.path.join(root, split), exist_ok=True)
+  names, v = [], 0
+  for i, size in enumerate(sizes):
+    names.append(records.shard_name(split, i, len(sizes)))
+    with tf.io.TFRecordWriter(os.path.join(root, split, names[-1])) as writer:
+      for _ in range(size):
+        label = v % num_classes
+        frames = [tf.io.encode_jpeg((rs.rand(height, width, 3) * 60 + 40 * label)
+                                    .astype(np.uint8), quality=95).numpy()
+                  for _ in range(frames_per_video)]
+        writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
+                                                   [f"c{label}"], height, width))
+        v += 1
+  return {"num_videos": v, "shards": names, "shard_sizes": sizes, "skipped": []}

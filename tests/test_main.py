@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from reskd_jax import checkpoints, errors, evaluate, meta as meta_lib, models, records
+from data_helpers import write_tiny_split  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
@@ -26,19 +27,8 @@ SHRINK = [f"--config.num_classes={NUM_CLASSES}"]
 
 
 def _write_split(root, split, num_videos, rs):
-  os.makedirs(os.path.join(root, split), exist_ok=True)
-  name = records.shard_name(split, 0, 1)
-  with tf.io.TFRecordWriter(os.path.join(root, split, name)) as writer:
-    for v in range(num_videos):
-      label = v % NUM_CLASSES
-      frames = []
-      for f in range(6):
-        img = (rs.rand(SIDE, SIDE + 8, 3) * 60 + 40 * label).astype(np.uint8)
-        frames.append(tf.io.encode_jpeg(img, quality=95).numpy())
-      writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
-                                                 [f"c{label}"], SIDE, SIDE + 8))
-  return {"num_videos": num_videos, "shards": [name], "shard_sizes": [num_videos],
-          "skipped": []}
+  return write_tiny_split(root, split, num_videos, rs, num_classes=NUM_CLASSES, height=SIDE,
+                          width=SIDE + 8)
 
 
 @pytest.fixture(scope="module")

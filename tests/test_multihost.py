@@ -22,6 +22,7 @@ import tensorflow as tf
 from configs import minik_r50_112
 from reskd_jax import checkpoints, errors, evaluate, input_pipeline, models, records, train
 from reskd_jax import train_step
+from data_helpers import write_tiny_split  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
@@ -32,19 +33,8 @@ STOP_LIMIT = 120  # seconds from SIGTERM to both processes' exit (checkpoint wri
 
 def _write_split(root, split, sizes, rs):
   """One TFRecord shard per entry of ``sizes``; class of video v is v % NUM_CLASSES."""
-  os.makedirs(os.path.join(root, split), exist_ok=True)
-  names, v = [], 0
-  for i, size in enumerate(sizes):
-    names.append(records.shard_name(split, i, len(sizes)))
-    with tf.io.TFRecordWriter(os.path.join(root, split, names[-1])) as writer:
-      for _ in range(size):
-        label = v % NUM_CLASSES
-        frames = [tf.io.encode_jpeg((rs.rand(SIDE, SIDE + 8, 3) * 60 + 40 * label)
-                                    .astype(np.uint8), quality=95).numpy() for _ in range(6)]
-        writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
-                                                   [f"c{label}"], SIDE, SIDE + 8))
-        v += 1
-  return {"num_videos": v, "shards": names, "shard_sizes": list(sizes), "skipped": []}
+  return write_tiny_split(root, split, sizes, rs, num_classes=NUM_CLASSES, height=SIDE,
+                          width=SIDE + 8)
 
 
 @pytest.fixture(scope="module")

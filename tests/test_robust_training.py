@@ -433,3 +433,13 @@ def test_unknown_config_key_is_one_clean_line(env):
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert line.startswith("error: unknown config key 'model.widht' (did you mean "
                          "'model.width'?)"), line
+
+
+def test_config_file_that_fails_to_load_is_one_line(env):
+  """An unknown `:variant` (or any error inside get_config) names the file and the error,
+  without the config file's traceback and without being mistaken for an unknown key."""
+  proc = _run(_cmd(env, str(env["root"] / "variant"),
+                   config="configs/minik_r50_112.py:nosuch"), timeout=120)
+  line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
+  assert "configs/minik_r50_112.py:nosuch" in line, line
+  assert "unknown config variant 'nosuch'" in line and "unknown config key" not in line, line

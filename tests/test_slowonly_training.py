@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from reskd_jax import checkpoints, models, optim, records, train_step
+from data_helpers import write_tiny_split  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1), dropout_rate=0.0)
@@ -67,17 +68,8 @@ FRAMES_PER_VIDEO, H, W = 12, 72, 80
 
 
 def _write_split(root, split, num_videos, rs):
-  os.makedirs(os.path.join(root, split), exist_ok=True)
-  name = records.shard_name(split, 0, 1)
-  with tf.io.TFRecordWriter(os.path.join(root, split, name)) as writer:
-    for v in range(num_videos):
-      label = v % NUM_CLASSES
-      frames = [tf.io.encode_jpeg((rs.rand(H, W, 3) * 60 + 40 * label).astype(np.uint8),
-                                  quality=95).numpy() for _ in range(FRAMES_PER_VIDEO)]
-      writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
-                                                 [f"c{label}"], H, W))
-  return {"num_videos": num_videos, "shards": [name], "shard_sizes": [num_videos],
-          "skipped": []}
+  return write_tiny_split(root, split, num_videos, rs, num_classes=NUM_CLASSES, height=H,
+                          width=W, frames_per_video=FRAMES_PER_VIDEO)
 
 
 @pytest.fixture(scope="module")
