@@ -60,11 +60,16 @@ from reskd_jax import sampling
 from reskd_jax import shard_check
 
 AUTOTUNE = tf.data.AUTOTUNE
-_MAX_CYCLE_LENGTH = 16  # shards read in parallel per host
+_MAX_CYCLE_LENGTH = 16  # shards interleaved per host
+# TFRecordDataset's read buffer: none. A video record is megabytes, so a buffer only adds
+# a copy, and interleaved shards' buffers of megabytes evict each other from the caches.
+_READ_BUFFER_BYTES = 0
 _EOI_WINDOW = 32  # a JPEG's end-of-image marker must lie in its last bytes
 # Pixels decoded around a crop window: libjpeg's chroma upsampling at a
 # window's edge needs the neighbouring column (1 suffices; 2 for safety).
 _CROP_MARGIN = 2
+# Sampled frames of one video decoded in an unrolled graph (more: a loop over distinct frames).
+_MAX_UNROLLED = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,12 +201,21 @@ def _looks_like_jpeg(strings):
 
 
 def _jpegs(example, indices, split: str):
-  """The JPEG strings of frames[indices], each distinct frame once, checked for truncation.
+  """The JPEG strings of the sampled frames, checked for truncation, and how to reorder them.
 
-  Returns the U distinct strings and `inverse` with indices == unique[inverse]
-  (gather the decoded frames with it to restore the sampled order).
+  A few sampled positions (a static count up to `_MAX_UNROLLED`: training
+  clips, single-clip tests) give one string per position and `inverse` None;
+  their frames are decoded one by one in an unrolled graph. Many positions
+  (multi-clip tests, where clips share frames) give each distinct frame once
+  and `inverse` with indices == unique[inverse] (gather the decoded frames
+  with it to restore the sampled order).
   """
-  unique, inverse = tf.unique(tf.reshape(indices, [-1]))
+  indices = tf.reshape(indices, [-1])
+  count = indices.shape[0]
+  if count is not None and count <= _MAX_UNROLLED:
+    unique, inverse = indices, None
+  else:
+    unique, inverse = tf.unique(indices)
   strings = tf.gather(example["frames"], unique)
   ok = _looks_like_jpeg(strings)
   check = tf.debugging.Assert(
@@ -212,18 +226,32 @@ def _jpegs(example, indices, split: str):
     return tf.identity(strings), inverse
 
 
-def _decode(strings, ratio: int, window=None):
-  """uint8 [U, h, w, 3]: every JPEG decoded at 1/`ratio` scale, whole or only `window`.
+def _decode(string, ratio: int, window=None):
+  """uint8 [h, w, 3]: one JPEG decoded at 1/`ratio` scale, whole or only `window`.
 
   `window` is [y, x, height, width] in pixels of the scaled frame. libjpeg
   decodes only the rows and iMCU columns the window touches.
   """
   kwargs = dict(channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
   if window is None:
-    fn = lambda s: tf.io.decode_jpeg(s, **kwargs)
-  else:
-    fn = lambda s: tf.image.decode_and_crop_jpeg(s, window, **kwargs)
-  return tf.map_fn(fn, strings, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    return tf.io.decode_jpeg(string, **kwargs)
+  return tf.image.decode_and_crop_jpeg(string, window, **kwargs)
+
+
+def _map_frames(fn, strings, num_outputs: int):
+  """[fn(s) for s in strings], each of fn's `num_outputs` results stacked over the frames.
+
+  A static number of strings up to `_MAX_UNROLLED` is unrolled: each frame
+  goes through decode, crop and resize while it is still in the CPU cache,
+  and no loop machinery runs (a `tf.map_fn` costs about as much as a
+  frame's resize). Longer or dynamic lists run in a `tf.map_fn`.
+  """
+  count = strings.shape[0]
+  if count is not None and count <= _MAX_UNROLLED:
+    per_frame = [fn(strings[i]) for i in range(count)]
+    return [tf.stack([outputs[k] for outputs in per_frame]) for k in range(num_outputs)]
+  spec = [tf.TensorSpec([None, None, 3], tf.uint8)] * num_outputs
+  return tf.map_fn(fn, strings, fn_output_signature=spec)
 
 
 def _decoded_size(strings, ratio: int):
@@ -232,13 +260,15 @@ def _decoded_size(strings, ratio: int):
   return -(-shape[0] // ratio), -(-shape[1] // ratio)
 
 
-def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn):
+def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn, out_size=None):
   """Decodes frames, resizes them to `short_side` and returns the crops `boxes_fn` picks.
 
   `boxes_fn(h, w)` gives a list of (x, y, w, h) boxes in pixels of the
-  short-side-resized frame (h, w). When the stored frames already have that
-  size (data converted at the training short side), only the window spanning
-  the boxes is decoded (`tf.image.decode_and_crop_jpeg`), widened by
+  short-side-resized frame (h, w); the result is a list with one uint8
+  [frames, h, w, 3] tensor per box, each crop resized to `out_size` squared
+  when that is given. When the stored frames already have the short side
+  (data converted at the training short side), only the window spanning the
+  boxes is decoded (`tf.image.decode_and_crop_jpeg`), widened by
   `_CROP_MARGIN` pixels so that chroma upsampling at its edges sees the same
   neighbours as a full decode: the crops equal full decode then crop, bit for
   bit. Otherwise the frames are decoded whole and resized first.
@@ -246,60 +276,104 @@ def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn):
   dec_h, dec_w = _decoded_size(strings, ratio)
   new_h, new_w = sampling.short_side_size(dec_h, dec_w, short_side)
   boxes = boxes_fn(new_h, new_w)
-
-  def crop_window():
-    x0 = tf.maximum(tf.reduce_min(tf.stack([b[0] for b in boxes])) - _CROP_MARGIN, 0)
-    y0 = tf.maximum(tf.reduce_min(tf.stack([b[1] for b in boxes])) - _CROP_MARGIN, 0)
-    x1 = tf.minimum(tf.reduce_max(tf.stack([b[0] + b[2] for b in boxes])) + _CROP_MARGIN, dec_w)
-    y1 = tf.minimum(tf.reduce_max(tf.stack([b[1] + b[3] for b in boxes])) + _CROP_MARGIN, dec_h)
-    images = _decode(strings, ratio, tf.stack([y0, x0, y1 - y0, x1 - x0]))
-    return [_crop(images, x - x0, y - y0, w, h) for x, y, w, h in boxes]
-
-  def whole_frames():
-    images = _resize(_decode(strings, ratio), new_h, new_w)
-    return [_crop(images, x, y, w, h) for x, y, w, h in boxes]
-
   stored_at_size = tf.logical_and(tf.equal(dec_h, new_h), tf.equal(dec_w, new_w))
-  return tf.cond(stored_at_size, crop_window, whole_frames)
+
+  def decode(resize_crops: bool):
+    def finish(crops):
+      return [_bilinear(c, out_size, out_size) for c in crops] if resize_crops else crops
+
+    def crop_window():
+      x0 = tf.maximum(tf.reduce_min(tf.stack([b[0] for b in boxes])) - _CROP_MARGIN, 0)
+      y0 = tf.maximum(tf.reduce_min(tf.stack([b[1] for b in boxes])) - _CROP_MARGIN, 0)
+      x1 = tf.minimum(tf.reduce_max(tf.stack([b[0] + b[2] for b in boxes])) + _CROP_MARGIN,
+                      dec_w)
+      y1 = tf.minimum(tf.reduce_max(tf.stack([b[1] + b[3] for b in boxes])) + _CROP_MARGIN,
+                      dec_h)
+      window = tf.stack([y0, x0, y1 - y0, x1 - x0])
+
+      def frame(string):
+        image = _decode(string, ratio, window)
+        return finish([_crop(image, x - x0, y - y0, w, h) for x, y, w, h in boxes])
+      return _map_frames(frame, strings, len(boxes))
+
+    def whole_frames():
+      def frame(string):
+        image = _bilinear(_decode(string, ratio), new_h, new_w)  # sizes differ here
+        return finish([_crop(image, x, y, w, h) for x, y, w, h in boxes])
+      return _map_frames(frame, strings, len(boxes))
+
+    return tf.cond(stored_at_size, crop_window, whole_frames)
+
+  if out_size is None:
+    return decode(False)
+  # Whether the crops need resizing is decided once per video, not per frame.
+  same = tf.reduce_all(tf.stack([tf.logical_and(tf.equal(w, out_size), tf.equal(h, out_size))
+                                 for _, _, w, h in boxes]))
+  return tf.cond(same, lambda: decode(False), lambda: decode(True))
+
+
+def _bilinear(images, height, width):
+  """Bilinear (no antialias, like cv2 INTER_LINEAR) uint8 resize of [..., h, w, 3]."""
+  # The kernel interpolates in float32 either way; it runs faster on float32 input.
+  out = tf.image.resize(tf.cast(images, tf.float32), tf.stack([height, width]),
+                        method="bilinear", antialias=False)
+  # A convex combination of uint8 values: rounding alone keeps it in [0, 255].
+  return tf.cast(tf.round(out), tf.uint8)
 
 
 def _resize(images, height, width):
-  """Bilinear (no antialias, like cv2 INTER_LINEAR) uint8 resize; a no-op at the same size."""
+  """`_bilinear`, or nothing when the images already have that size."""
   shape = tf.shape(images)
-
-  def resize():
-    # The kernel interpolates in float32 either way; it runs faster on float32 input.
-    out = tf.image.resize(tf.cast(images, tf.float32), tf.stack([height, width]),
-                          method="bilinear", antialias=False)
-    # A convex combination of uint8 values: rounding alone keeps it in [0, 255].
-    return tf.cast(tf.round(out), tf.uint8)
-
-  same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
-  return tf.cond(same, lambda: images, resize)
+  same = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
+  return tf.cond(same, lambda: images, lambda: _bilinear(images, height, width))
 
 
 def _crop(images, x, y, w, h):
-  return images[:, y:y + h, x:x + w, :]
+  """The (x, y, w, h) box of [..., H, W, C] images."""
+  return images[..., y:y + h, x:x + w, :]
 
 
 def _multihot(labels, num_classes: int):
   return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.float32), axis=0)
 
 
-def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
-  """One parsed video -> {"video": uint8 [T, S, S, 3], "label", "multilabel"}."""
-  s = output_size(data_cfg)
-  ratio = decode_scale(data_cfg)
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+def _element_seeds(base, position):
+  """Seeds (frames, crop, label) of stream position `position` of the epoch seeded `base`."""
+  return tf.random.experimental.stateless_split(tf.stack([base, tf.cast(position, tf.int64)]), 3)
+
+
+def _sample_frames(example, seed, *, data_cfg, num_classes: int, split: str):
+  """One parsed video -> its sampled JPEGs {"frames": [K] strings, "labels", (+ "inverse")}.
+
+  Runs before the shuffle, so that the shuffle buffer holds the few JPEGs a
+  clip uses rather than whole videos (8 of 64 frames: 8x less memory, and
+  the record is parsed while it is still in the CPU cache). `seed` is
+  the seed of the frame draw. "inverse" (sampled position -> string) is
+  present only when the clip has more than `_MAX_UNROLLED` frames (see `_jpegs`).
+  """
   n = _num_frames(example, split)
   labels = _check_labels(example, num_classes, split)
   if data_cfg.sampling == "tsn":
-    u = tf.random.stateless_uniform([data_cfg.num_frames], seeds[0], dtype=tf.float64)
+    u = tf.random.stateless_uniform([data_cfg.num_frames], seed, dtype=tf.float64)
     indices = sampling.tsn_train_indices(n, data_cfg.num_frames, u)
   else:
-    u = tf.random.stateless_uniform([1], seeds[0], dtype=tf.float64)
+    u = tf.random.stateless_uniform([1], seed, dtype=tf.float64)
     indices = sampling.dense_train_indices(n, data_cfg.clip_len, data_cfg.frame_interval, u)
   strings, inverse = _jpegs(example, indices, split)
+  sampled = {"frames": strings, "labels": labels}
+  if inverse is not None:
+    sampled["inverse"] = inverse
+  return sampled
+
+
+def _train_example(sampled, seeds, *, data_cfg, num_classes: int):
+  """`_sample_frames`' output -> {"video": uint8 [T, S, S, 3], "label", "multilabel"}.
+
+  `seeds` are the element's seeds (`_element_seeds`); [1] draws the crop, [2] the label.
+  """
+  s = output_size(data_cfg)
+  ratio = decode_scale(data_cfg)
+  labels = sampled["labels"]
   u_crop = tf.random.stateless_uniform([2], seeds[1], dtype=tf.float64)
 
   def box(h, w):
@@ -309,12 +383,10 @@ def _train_example(example, seed, *, data_cfg, num_classes: int, split: str):
     x, y = sampling.random_crop_offset(h, w, s, u_crop)
     return [(x, y, tf.constant(s), tf.constant(s))]
 
-  crop, = _decode_crops(strings, ratio=ratio, short_side=data_cfg.short_side // ratio,
-                        boxes_fn=box)
-  images = _resize(crop, s, s)
-  # Distinct indices (TSN on videos of T frames or more) come back in order: no copy needed.
-  distinct = tf.equal(tf.shape(images)[0], tf.size(inverse))
-  video = tf.cond(distinct, lambda: images, lambda: tf.gather(images, inverse))
+  video, = _decode_crops(sampled["frames"], ratio=ratio,
+                         short_side=data_cfg.short_side // ratio, boxes_fn=box, out_size=s)
+  if "inverse" in sampled:
+    video = tf.gather(video, sampled["inverse"])
   u_label = tf.random.stateless_uniform([], seeds[2], dtype=tf.float64)
   label = labels[sampling.randint(u_label, tf.size(labels))]
   t = frames_per_clip(data_cfg)
@@ -344,10 +416,14 @@ def _eval_boxes(data_cfg, s: int):
 
 
 def _stack_views(crops, inverse, data_cfg, s: int):
-  """Crops [U, s, s, 3] per box -> uint8 [V, T, s, s, 3] (view = crop * clips + clip)."""
+  """Crops [U, s, s, 3] per box -> uint8 [V, T, s, s, 3] (view = crop * clips + clip).
+
+  `inverse` maps the sampled positions to the U crops (None: one crop per position).
+  """
   t = frames_per_clip(data_cfg)
-  views = [tf.reshape(tf.gather(c, inverse), [data_cfg.test_num_clips, t, s, s, 3])
-           for c in crops]
+  if inverse is not None:
+    crops = [tf.gather(c, inverse) for c in crops]
+  views = [tf.reshape(c, [data_cfg.test_num_clips, t, s, s, 3]) for c in crops]
   return tf.ensure_shape(tf.concat(views, axis=0), [num_views(data_cfg), t, s, s, 3])
 
 
@@ -399,13 +475,29 @@ def _padding_example(data_cfg, num_classes: int):
 # Dataset construction.
 
 
-def _read_records(files, num_files: int):
+def _remote(files) -> bool:
+  """Whether the shards live on a remote file system (gs://, s3://, ...)."""
+  return any("://" in str(f) for f in files)
+
+
+def _read_records(files, num_files: int, parallel: bool):
   """Serialized examples of the shards `files` (in that order; a list or a 1-D string tensor
-  of `num_files` paths), up to 16 shards read in parallel, interleaved deterministically."""
-  return tf.data.Dataset.from_tensor_slices(files).interleave(
-      lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),
-      cycle_length=min(num_files, _MAX_CYCLE_LENGTH), block_length=1,
-      num_parallel_calls=AUTOTUNE, deterministic=True)
+  of `num_files` paths), up to 16 shards interleaved deterministically.
+
+  Records are read unbuffered (`_READ_BUFFER_BYTES`). With `parallel`
+  (remote storage: gs://, s3://, ...) shards are read by background threads,
+  which hides the latency of remote reads; local shards are read by the
+  thread that asks for the next record, so the record is still in the CPU
+  cache when it is parsed (background reads ahead of a consumer cost about
+  15% more CPU per video in `bench/input_pipeline.py`).
+  """
+  read = lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
+  cycle = min(num_files, _MAX_CYCLE_LENGTH)
+  files = tf.data.Dataset.from_tensor_slices(files)
+  if parallel:
+    return files.interleave(read, cycle_length=cycle, block_length=1,
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
+  return files.interleave(read, cycle_length=cycle, block_length=1)
 
 
 def _resolve_process(process_index: Optional[int], process_count: Optional[int]):
@@ -518,32 +610,39 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   parse = records.parse_sequence_example
   cached = None
   if data_cfg.cache:
-    cached = _read_records(list(files), len(files))
+    cached = _read_records(list(files), len(files), _remote(files))
     if not by_file:
       cached = cached.shard(count, index)
     cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
 
   def epoch(e):
-    shuffle_seed = tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003
+    base = tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003
     if cached is not None:
       ds = cached
     else:
       order = tf.random.experimental.stateless_shuffle(
           files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
-      ds = _read_records(order, len(files))
+      ds = _read_records(order, len(files), _remote(files))
       if not by_file:
         ds = ds.shard(count, index)
-    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed)
-    return ds.enumerate().map(lambda i, ex: (e, i, ex))
+
+    def sample(j, example):
+      # The frames of the video at position j of the epoch's read order.
+      if cached is None:
+        example = parse(example)
+      return _sample_frames(example, _element_seeds(base, j)[0], data_cfg=data_cfg,
+                            num_classes=num_classes, split=split)
+
+    ds = ds.enumerate().map(sample, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=base)
+    return ds.enumerate().map(lambda i, sampled: (base, i, sampled))
 
   ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch).skip(offset)
 
-  def transform(e, i, example):
-    if cached is None:
-      example = parse(example)
-    element_seed = tf.stack([tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003, i])
-    return _train_example(example, element_seed, data_cfg=data_cfg, num_classes=num_classes,
-                          split=split)
+  def transform(base, i, sampled):
+    # Crop and label of the video at position i of the shuffled epoch.
+    return _train_example(sampled, _element_seeds(base, i), data_cfg=data_cfg,
+                          num_classes=num_classes)
 
   ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
@@ -552,7 +651,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
 def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
   expected = len(range(index, num_videos, count))  # videos this host must see
   num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
-  ds = _read_records(list(files), len(files))
+  ds = _read_records(list(files), len(files), _remote(files))
   if count > 1:
     ds = ds.shard(count, index)
 

@@ -94,16 +94,15 @@ def _batches(cfg, train, num_batches=2):
   return list(ds.take(num_batches).as_numpy_iterator())
 
 
-def _decode_whole_then_crop(strings, ratio, window=None):
-  """`ip._decode` as it was: whole frames decoded, the window cut out afterwards."""
-  images = tf.map_fn(
-      lambda s: tf.io.decode_jpeg(s, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"),
-      strings, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+def _decode_whole_then_crop(string, ratio, window=None):
+  """`ip._decode` as it was: the whole frame decoded, the window cut out afterwards."""
+  image = tf.io.decode_jpeg(string, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
   if window is None:
-    return images
-  return images[:, window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+    return image
+  return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
 
+@pytest.mark.parametrize("max_unrolled", [ip._MAX_UNROLLED, 0])  # 0: frames in a tf.map_fn
 @pytest.mark.parametrize("train,overrides", [
     (True, {}),
     (True, {"multiscale_crop": False}),
@@ -111,12 +110,26 @@ def _decode_whole_then_crop(strings, ratio, window=None):
     (False, {"test_num_crops": 3, "crop_size": 40}),
 ])
 def test_pipeline_output_unchanged_by_crop_aware_decoding(data_dir, monkeypatch, train,
-                                                          overrides):
+                                                          overrides, max_unrolled):
   cfg = _cfg(data_dir, **overrides)
+  monkeypatch.setattr(ip, "_MAX_UNROLLED", max_unrolled)
   crop_aware = _batches(cfg, train)
   monkeypatch.setattr(ip, "_decode", _decode_whole_then_crop)
   whole = _batches(cfg, train)
   chex.assert_trees_all_equal(crop_aware, whole)
+
+
+def test_unrolled_and_looped_decoding_agree(data_dir, monkeypatch):
+  """Frames decoded one by one (unrolled) or distinct frames in a loop: the same batches,
+  also when a video has fewer frames than the clip (repeated frames)."""
+  for overrides in ({}, {"num_frames": 9}, {"test_num_clips": 3}):
+    for train in (True, False):
+      cfg = _cfg(data_dir, **overrides)
+      unrolled = _batches(cfg, train)
+      monkeypatch.setattr(ip, "_MAX_UNROLLED", 0)
+      looped = _batches(cfg, train)
+      monkeypatch.undo()
+      chex.assert_trees_all_equal(unrolled, looped)
 
 
 def test_resize_equals_uint8_kernel():
