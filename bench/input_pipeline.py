@@ -170,7 +170,7 @@ def main(argv=None) -> int:
   p.add_argument("--videos", type=int, default=24, help="videos per split")
   p.add_argument("--frames", type=int, default=64, help="frames per video")
   p.add_argument("--batch-size", type=int, default=8)
-  p.add_argument("--min-videos", type=int, default=96, help="videos timed per measurement")
+  p.add_argument("--min-videos", type=int, default=240, help="videos timed per measurement")
   p.add_argument("--decode-scale", type=int, default=1, choices=(1, 2, 4))
   args = p.parse_args(argv)
 
