@@ -36,14 +36,14 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Test: short side `short_side`, `test_num_crops` crops of `crop_size` (1: centre).
   data.test_num_clips = 1
   data.test_num_crops = 1
-  data.shuffle_buffer = 1024
+  data.shuffle_buffer = 1024  # videos; it holds each clip's sampled JPEGs, not whole videos
   # JPEG decoding at 1/decode_scale size (1, 2, 4 or 8; libjpeg's DCT scaling, far
   # cheaper than decoding then resizing). Crops and short side shrink alike: 2
   # gives the release's "short side 128, centre crop 112" input for runs whose
   # every model sees 112 px (a baseline student, a student evaluated alone),
   # never a teacher at 224.
   data.decode_scale = 1
-  data.cache = False  # cache decoded examples in memory (small data sets)
+  data.cache = False  # keep the parsed records (all JPEG frames) in memory (small data sets)
   return data
 
 

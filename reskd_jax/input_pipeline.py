@@ -2,15 +2,20 @@
 
 What runs where
 ---------------
-* tf.data (host CPU): read shards (per host), shuffle, TSN / dense frame
-  sampling, JPEG decoding of the sampled frames only, short-side resize,
+* tf.data (host CPU): read shards (per host), TSN / dense frame sampling,
+  shuffle, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
-  uint8. The crop boxes are drawn before decoding (the frame size comes from
-  the JPEG header), so frames stored at the short side are decoded only over
-  the window the crops span (`tf.image.decode_and_crop_jpeg`), with the very
-  pixels a full decode would give. `data.decode_scale` = 2 or 4 decodes at
-  1/2 or 1/4 size (JPEG's DCT scaling) and shrinks short side and crop alike:
-  the cheap input of runs that only need low resolution.
+  uint8. In training the frames are sampled as soon as a record is read, before
+  the shuffle: the shuffle buffer holds the JPEGs of each clip (8 of a video's
+  64 frames, say), not whole videos, and the record is parsed while it is
+  still in the CPU cache. The crop boxes are drawn before decoding (the frame
+  size comes from the JPEG header), so frames stored at the short side are
+  decoded only over the window the crops span (`tf.image.decode_and_crop_jpeg`),
+  with the very pixels a full decode would give; each frame is decoded, cropped
+  and resized in turn (an unrolled graph, no loop), while it is in the cache.
+  `data.decode_scale` = 2 or 4 decodes at 1/2 or 1/4 size (JPEG's DCT scaling)
+  and shrinks short side and crop alike: the cheap input of runs that only
+  need low resolution. `bench/input_pipeline.py` measures all of this.
 * Accelerator (the trainer, with `reskd_jax.augment.normalize` and `random_flip`):
   horizontal flip (dm-pix) and mean/std normalisation. Sending uint8 moves 4x
   fewer bytes host->device than float32, and these per-pixel photometric ops
@@ -34,10 +39,12 @@ every host to the same number of batches (ceil(ceil(N / hosts) / B), N from
 the manifest), so all hosts run the same number of eval steps and every video
 is seen exactly once overall.
 
-Randomness is stateless: element k of epoch e on host h uses the seed
-(hash(seed, h) + e * 1000003, k), and epoch e's file order and shuffle are
-seeded by e, so a pipeline is reproducible for a given seed while staying
-parallel, and a resumed run continues the exact stream (`start_step`).
+Randomness is stateless: with base = hash(seed, h) + e * 1000003 for epoch e
+on host h, the frames of the video at position j of the epoch's read order
+are drawn with the seed (base, j) (before the shuffle), its crop and label at
+position k of the shuffled epoch with (base, k), and epoch e's file order and
+shuffle are seeded by e, so a pipeline is reproducible for a given seed while
+staying parallel, and a resumed run continues the exact stream (`start_step`).
 """
 
 from __future__ import annotations
