@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="keep frames at about this rate (as the converter's --fps; long videos)")
   r.add_argument("--frame-stride", type=int, default=1, help="keep every N-th frame")
   p.add_argument("--filename-tmpl", default="img_{:05d}.jpg", help="frame names in folders")
+  p.add_argument("--allow-partial", action="store_true",
+                 help="predict from the frames an incomplete video has (a frame folder with "
+                      "gaps, a video cut short) instead of reporting it as an error")
   return p
 
 
@@ -91,6 +94,9 @@ def predict_videos(model: trained.TrainedModel, paths: Sequence[str], top_k: int
     try:
       frames = video_io.read_video(path, data.short_side, frame_options)
       views = model.views(frames)
+    except video_io.PartialVideo as e:
+      errors.append({"video": path, "error": f"{e} (--allow-partial predicts from its frames)"})
+      continue
     except video_io.VideoReadError as e:
       errors.append({"video": path, "error": str(e)})
       continue
@@ -139,7 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     model = trained.load(args.workdir, classes=args.classes, transform=transform)
     options = video_io.FrameOptions(frame_stride=args.frame_stride, fps=args.fps,
-                                    filename_tmpl=args.filename_tmpl)
+                                    filename_tmpl=args.filename_tmpl,
+                                    allow_partial=args.allow_partial)
     out = predict_videos(model, args.videos, args.top_k, options)
   except (ReskdError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -5,11 +5,18 @@ TFRecords) and the predictor (`reskd_jax.predict` runs a trained model on the
 frames directly), so that both see the same pixels. Frames come out as RGB
 PIL images at the source size; :func:`short_side_size` is the converter's
 resize rule (mmcv ``rescale_size``, short side exact).
+
+Incomplete sources are told apart from unreadable ones: a frame folder with
+gaps in its numbering (or fewer frames than its annotation says), or a video
+that decodes fewer frames than its container declares or fails part way,
+raises :class:`PartialVideo` (after the frames that could be read, or at
+once for a folder unless ``FrameOptions.allow_partial``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import Iterator, List, Optional, Tuple
@@ -20,10 +27,16 @@ from PIL import Image
 from reskd_jax.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
+# A video missing more than this fraction of its declared frames (and at least 2) is partial.
+PARTIAL_TOLERANCE = 0.05
 
 
 class VideoReadError(DataError):
   """A video file or frame folder that cannot be read; the message says why."""
+
+
+class PartialVideo(VideoReadError):
+  """A video or frame folder that is incomplete (frames missing); the message says which."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +46,7 @@ class FrameOptions:
   fps: Optional[float] = None  # video files: keep frames at about this rate (None: all)
   filename_tmpl: str = "img_{:05d}.jpg"  # frame folders
   decode_threads: int = 1  # PyAV decoder threads (parallelism is across processes)
+  allow_partial: bool = False  # frame folders with gaps: decode what is there
 
 
 def short_side_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
@@ -53,33 +67,103 @@ def _tmpl_regex(tmpl: str) -> re.Pattern:
   return re.compile("^" + re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
 
 
-def frame_files(folder: str, tmpl: str) -> List[str]:
-  """The folder's frame files matching the template, in frame-number order."""
+def numbered_frames(folder: str, tmpl: str) -> List[Tuple[int, str]]:
+  """(frame number, path) of the folder's files matching the template, in number order."""
   pattern = _tmpl_regex(tmpl)
   numbered = []
   for name in os.listdir(folder):
     m = pattern.match(name)
     if m:
-      numbered.append((int(m.group(1)), name))
-  return [os.path.join(folder, name) for _, name in sorted(numbered)]
+      numbered.append((int(m.group(1)), os.path.join(folder, name)))
+  return sorted(numbered)
 
 
-def folder_frames(folder: str, opts: FrameOptions) -> Iterator[Image.Image]:
-  """The frames of a frame folder (every `frame_stride`-th), as RGB images."""
-  files = frame_files(folder, opts.filename_tmpl)
-  if not files:
+def frame_files(folder: str, tmpl: str) -> List[str]:
+  """The folder's frame files matching the template, in frame-number order."""
+  return [path for _, path in numbered_frames(folder, tmpl)]
+
+
+def _missing(numbers: List[int]) -> List[int]:
+  """Frame numbers absent between the first (0 or 1) and the last one."""
+  first = 0 if numbers[0] == 0 else 1
+  present = set(numbers)
+  return [k for k in range(first, numbers[-1] + 1) if k not in present]
+
+
+def _ranges(numbers: List[int], limit: int = 5) -> str:
+  runs = []
+  for k in numbers:
+    if runs and k == runs[-1][1] + 1:
+      runs[-1][1] = k
+    else:
+      runs.append([k, k])
+  text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:limit])
+  return text + (", ..." if len(runs) > limit else "")
+
+
+def folder_frames(folder: str, opts: FrameOptions,
+                  expected: Optional[int] = None) -> Iterator[Image.Image]:
+  """The frames of a frame folder (every `frame_stride`-th), as RGB images.
+
+  PartialVideo (after the frames, or at once without `allow_partial`) when
+  numbers are missing or the count differs from `expected`.
+  """
+  numbered = numbered_frames(folder, opts.filename_tmpl)
+  if not numbered:
     raise VideoReadError(f"no frames matching {opts.filename_tmpl!r} in folder {folder}")
-  for path in files[::max(1, opts.frame_stride)]:
+  partial = None
+  missing = _missing([k for k, _ in numbered])
+  if missing:
+    partial = (f"frame folder {folder} lacks {len(missing)} frame(s): number(s) "
+               f"{_ranges(missing)} of {numbered[0][0] if numbered[0][0] == 0 else 1}.."
+               f"{numbered[-1][0]}")
+  elif expected is not None and expected != len(numbered):
+    partial = (f"frame folder {folder} holds {len(numbered)} frames, the annotations say "
+               f"{expected}")
+  if partial and not opts.allow_partial:
+    raise PartialVideo(partial)
+  for _, path in numbered[::max(1, opts.frame_stride)]:
     try:
       with Image.open(path) as img:
         img.load()
         yield img.convert("RGB")
     except Exception as e:  # noqa: BLE001  PIL raises many kinds
       raise VideoReadError(f"corrupt frame {path}: {e}") from None
+  if partial:
+    raise PartialVideo(partial)
+
+
+def declared_frames(container, stream) -> Optional[int]:
+  """The frame count the container declares: the stream's count (mp4), else its duration
+  (or the container's) times the frame rate; None when it declares neither."""
+  import av
+
+  if stream.frames:
+    return int(stream.frames)
+  rate = stream.average_rate or stream.guessed_rate
+  if not rate:
+    return None
+  if stream.duration and stream.time_base:
+    seconds = float(stream.duration * stream.time_base)
+  elif container.duration:
+    seconds = container.duration / av.time_base
+  else:
+    return None
+  return int(round(seconds * float(rate)))
+
+
+def frames_tolerance(declared: int) -> int:
+  """Frames a complete video may lack against its declared count (rounded durations,
+  audio streams a little longer than the video)."""
+  return max(2, math.ceil(PARTIAL_TOLERANCE * declared))
 
 
 def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
-  """The kept frames of a video file (all, every `frame_stride`-th, or about `fps` a second)."""
+  """The kept frames of a video file (all, every `frame_stride`-th, or about `fps` a second).
+
+  PartialVideo after the last frame when fewer frames were decoded than the
+  container declares (see `frames_tolerance`) or decoding failed part way.
+  """
   import av  # optional dependency: only video files need PyAV
   from av.video.reformatter import VideoReformatter
 
@@ -92,11 +176,13 @@ def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
       raise VideoReadError(f"unreadable video {path}: no video stream")
     stream = container.streams.video[0]
     stream.thread_count = max(0, int(opts.decode_threads))
+    declared = declared_frames(container, stream)
     to_rgb = VideoReformatter()  # keeps its conversion context from frame to frame
     step = 1.0 / opts.fps if opts.fps else None
-    next_time, t0, n = None, None, 0
+    next_time, t0, n, decoded = None, None, 0, 0
     try:
       for i, frame in enumerate(container.decode(stream)):
+        decoded = i + 1
         if step is None:
           if i % max(1, opts.frame_stride):
             continue
@@ -115,7 +201,12 @@ def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
     except VideoReadError:
       raise
     except Exception as e:  # noqa: BLE001  av.error.* for broken or truncated data
-      raise VideoReadError(f"cannot decode video {path} after {n} frames: {e}") from None
+      if n == 0:
+        raise VideoReadError(f"cannot decode video {path}: {e}") from None
+      raise PartialVideo(f"cannot decode video {path} after {decoded} frames: {e}") from None
+  if declared is not None and decoded < declared - frames_tolerance(declared):
+    raise PartialVideo(f"partial video {path}: {decoded} of the {declared} frames its container "
+                       f"declares decoded (cut short?)")
 
 
 def read_frames(path: str, opts: FrameOptions = FrameOptions()) -> Iterator[Image.Image]:
@@ -134,15 +225,20 @@ def read_video(path: str, short_side: int = 0,
 
   With ``short_side`` > 0 every frame is resized (PIL bilinear) so that its
   short side is ``short_side`` (the first frame's size decides, as in the
-  converter); 0 keeps the source size.
+  converter); 0 keeps the source size. An incomplete video raises
+  PartialVideo unless ``opts.allow_partial``, which keeps the frames read.
   """
   frames, size = [], None
-  for img in read_frames(path, opts):
-    if size is None:
-      size = short_side_size(img.width, img.height, short_side) if short_side else img.size
-    if img.size != size:
-      img = img.resize(size, Image.BILINEAR)
-    frames.append(np.asarray(img, np.uint8))
+  try:
+    for img in read_frames(path, opts):
+      if size is None:
+        size = short_side_size(img.width, img.height, short_side) if short_side else img.size
+      if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+      frames.append(np.asarray(img, np.uint8))
+  except PartialVideo:
+    if not opts.allow_partial or not frames:
+      raise
   if not frames:
     raise VideoReadError(f"no frames decoded from {path}")
   return np.stack(frames)

@@ -6,6 +6,7 @@ that a red, a green and a blue video are obviously separable: no training.
 
 import json
 import os
+import shutil
 
 import av
 import chex
@@ -119,6 +120,20 @@ def test_predict_text_and_failures(run_dir, videos, tmp_path, capsys):
   assert "broken.mp4" in err and "missing.mp4" in err
   assert predict.main([f"--workdir={tmp_path}", videos["red"]]) == 2
   assert "holds no saved variables" in capsys.readouterr().err
+
+
+def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
+  """A frame folder with a gap is an error naming the gap, unless --allow-partial."""
+  folder = tmp_path / "gappy"
+  shutil.copytree(videos["blue"], folder)
+  os.remove(folder / "img_00003.jpg")
+  assert predict.main([f"--workdir={run_dir}", "--json", str(folder)]) == 2
+  captured = capsys.readouterr()
+  assert "lacks 1 frame(s): number(s) 3" in captured.err and "--allow-partial" in captured.err
+  assert predict.main([f"--workdir={run_dir}", "--json", "--allow-partial", str(folder)]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["errors"] == [] and out["results"][0]["num_frames"] == 5
+  assert out["results"][0]["top"][0]["class"] == "blue"
 
 
 def test_export_then_load_matches_the_model(run_dir, tmp_path):

@@ -15,8 +15,9 @@ import functools
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from reskd_jax.models import layers
 
 ModuleDef = Any
 
@@ -203,12 +204,8 @@ class VideoClassifier(nn.Module):
   def __call__(self, video, train: bool = False, return_features: bool = False,
                return_dict: bool = False):
     video = self._check_and_fold(video)
+    video = layers.resize_input(video, self.input_size)
     b, t, h, w, c = video.shape
-    if self.input_size is not None and (h, w) != (self.input_size, self.input_size):
-      # PyTorch interpolate(mode="bilinear", align_corners=False): no antialiasing.
-      video = jax.image.resize(video, (b, t, self.input_size, self.input_size, c),
-                               method="bilinear", antialias=False)
-      h = w = self.input_size
     min_side = self.backbone.total_stride
     if min(h, w) < min_side:
       raise ValueError(f"input resolution {h}x{w} is smaller than the backbone's total "
@@ -217,23 +214,12 @@ class VideoClassifier(nn.Module):
     feats = self.backbone(frames, train=train, num_segments=t if self.tsm else None)
     fh, fw, fc = feats.shape[1:]
     feats = feats.reshape(b, t, fh, fw, fc)
-
-    fc_layer = nn.Dense(self.num_classes, kernel_init=head_kernel_init,
-                        dtype=self.dtype, name="fc")
-    frame_pooled = jnp.mean(feats, axis=(2, 3))  # (B, T, C)
-    clip = jnp.mean(frame_pooled, axis=1)  # segmental consensus: average
-    clip = nn.Dropout(self.dropout_rate, deterministic=not train)(clip)
-    logits = fc_layer(clip)
-    if return_dict:
-      return {
-          "logits": logits,
-          "features": feats,
-          "frame_logits": fc_layer(frame_pooled),
-          "position_logits": fc_layer(feats),
-      }
-    if return_features:
-      return logits, feats
-    return logits
+    # TSN head: average each frame's map, segmental consensus (average), dropout, fc.
+    clip = jnp.mean(jnp.mean(feats, axis=(2, 3)), axis=1)
+    return layers.classify(feats, clip, num_classes=self.num_classes,
+                           dropout_rate=self.dropout_rate, train=train, dtype=self.dtype,
+                           kernel_init=head_kernel_init, return_features=return_features,
+                           return_dict=return_dict)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

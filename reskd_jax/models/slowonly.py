@@ -20,9 +20,9 @@ import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from reskd_jax.models import layers
 from reskd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, conv_kernel_init
 
 ModuleDef = Any
@@ -101,12 +101,8 @@ class SlowOnly(nn.Module):
     if video.ndim != 5 or video.shape[-1] != self.in_channels:
       raise ValueError(f"video of shape {tuple(video.shape)}: expected (B, T, H, W, "
                        f"{self.in_channels})")
-    b, t, h, w, c = video.shape
-    if self.input_size is not None and (h, w) != (self.input_size, self.input_size):
-      # PyTorch interpolate(mode="bilinear", align_corners=False): no antialiasing.
-      video = jax.image.resize(video, (b, t, self.input_size, self.input_size, c),
-                               method="bilinear", antialias=False)
-      h = w = self.input_size
+    video = layers.resize_input(video, self.input_size)
+    h, w = video.shape[2:4]
     if min(h, w) < self.total_stride:
       raise ValueError(f"input resolution {h}x{w} is smaller than the backbone's total "
                        f"stride {self.total_stride}")
@@ -122,22 +118,11 @@ class SlowOnly(nn.Module):
         x = Bottleneck3d(self.width * 2**i, spatial_stride=stride if j == 0 else 1,
                          inflate=bool(self.inflate[i]), norm=norm, dtype=self.dtype,
                          name=f"layer{i + 1}_{j}")(x)
-    feats = x
-    fc_layer = nn.Dense(self.num_classes, kernel_init=head_kernel_init, dtype=self.dtype,
-                        name="fc")
-    clip = jnp.mean(feats, axis=(1, 2, 3))
-    clip = nn.Dropout(self.dropout_rate, deterministic=not train)(clip)
-    logits = fc_layer(clip)
-    if return_dict:
-      return {
-          "logits": logits,
-          "features": feats,
-          "frame_logits": fc_layer(jnp.mean(feats, axis=(2, 3))),
-          "position_logits": fc_layer(feats),
-      }
-    if return_features:
-      return logits, feats
-    return logits
+    # I3DHead: average over (T, h, w), dropout, fc.
+    return layers.classify(x, jnp.mean(x, axis=(1, 2, 3)), num_classes=self.num_classes,
+                           dropout_rate=self.dropout_rate, train=train, dtype=self.dtype,
+                           kernel_init=head_kernel_init, return_features=return_features,
+                           return_dict=return_dict)
 
 
 def build(num_classes: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), width: int = 64,

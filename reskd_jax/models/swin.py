@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reskd_jax.models import layers
+
 PATCH_SIZE = (2, 4, 4)
 WINDOW_SIZE = (8, 7, 7)
 LN_EPSILON = 1e-5
@@ -347,27 +349,13 @@ class SwinClassifier(nn.Module):
   def __call__(self, video, train: bool = False, return_features: bool = False,
                return_dict: bool = False):
     self._check(video)
-    b, t, h, w, c = video.shape
-    if self.input_size is not None and (h, w) != (self.input_size, self.input_size):
-      # PyTorch interpolate(mode="bilinear", align_corners=False): no antialiasing.
-      video = jax.image.resize(video, (b, t, self.input_size, self.input_size, c),
-                               method="bilinear", antialias=False)
+    video = layers.resize_input(video, self.input_size)
     feats = self.backbone(video.astype(self.dtype), train=train)
-    fc_layer = nn.Dense(self.num_classes, kernel_init=head_kernel_init, dtype=self.dtype,
-                        name="fc")
-    clip = jnp.mean(feats, axis=(1, 2, 3))
-    clip = nn.Dropout(self.dropout_rate, deterministic=not train)(clip)
-    logits = fc_layer(clip)
-    if return_dict:
-      return {
-          "logits": logits,
-          "features": feats,
-          "frame_logits": fc_layer(jnp.mean(feats, axis=(2, 3))),
-          "position_logits": fc_layer(feats),
-      }
-    if return_features:
-      return logits, feats
-    return logits
+    # I3DHead: average over (T', h, w), dropout, fc.
+    return layers.classify(feats, jnp.mean(feats, axis=(1, 2, 3)),
+                           num_classes=self.num_classes, dropout_rate=self.dropout_rate,
+                           train=train, dtype=self.dtype, kernel_init=head_kernel_init,
+                           return_features=return_features, return_dict=return_dict)
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from reskd_jax import models
+from tests.torch_models import common
 
 # Depth -> (block type, blocks per stage), from the model registry (written once).
 ARCHS = {int(name[len("resnet"):]): (models.default_options(name)["block"],
@@ -189,30 +190,4 @@ def randomize_(model: nn.Module, seed: int = 0,
   they are drawn from fixed ranges (fine for shallow nets).
   """
   g = torch.Generator().manual_seed(seed)
-  bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-  with torch.no_grad():
-    for m in bns:
-      n = m.num_features
-      m.weight.copy_(0.5 + torch.rand(n, generator=g))
-      m.bias.copy_(0.2 * torch.randn(n, generator=g))
-      m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    if calibrate_with is not None:
-      was_training = model.training
-      momenta = [bn.momentum for bn in bns]
-      for bn in bns:
-        bn.momentum = 1.0
-      model.train()
-      model(calibrate_with)
-      model.train(was_training)
-      for bn, mom in zip(bns, momenta):
-        bn.momentum = mom
-      for m in bns:  # perturb: statistics must not equal any batch's exactly
-        n = m.num_features
-        m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(n, generator=g))
-        m.running_var.mul_(0.8 + 0.4 * torch.rand(n, generator=g)).add_(1e-3)
-    for m in model.modules():
-      if isinstance(m, nn.Linear):
-        m.weight.copy_(0.05 * torch.randn(m.weight.shape, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-  return model
+  return common.randomize_bn_and_linear_(model, g, nn.BatchNorm2d, calibrate_with)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from reskd_jax import models
+from tests.torch_models import common
 
 STAGE_SIZES = tuple(models.default_options("slowonly_r50")["stage_sizes"])
 
@@ -126,33 +127,10 @@ def randomize_(model: nn.Module, seed: int = 0,
   then perturbed, so activations stay O(1) through the 50 layers.
   """
   g = torch.Generator().manual_seed(seed)
-  bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm3d)]
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, nn.Conv3d):
         fan_out = m.out_channels * m.weight[0, 0].numel()
         m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_out) ** 0.5)
-    for m in bns:
-      n = m.num_features
-      m.weight.copy_(0.5 + torch.rand(n, generator=g))
-      m.bias.copy_(0.2 * torch.randn(n, generator=g))
-      m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    if calibrate_with is not None:
-      momenta = [bn.momentum for bn in bns]
-      for bn in bns:
-        bn.momentum = 1.0
-      model.train()
-      model(calibrate_with)
-      model.eval()
-      for bn, mom in zip(bns, momenta):
-        bn.momentum = mom
-      for m in bns:  # perturb: statistics must not equal any batch's exactly
-        n = m.num_features
-        m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(n, generator=g))
-        m.running_var.mul_(0.8 + 0.4 * torch.rand(n, generator=g)).add_(1e-3)
-    for m in model.modules():
-      if isinstance(m, nn.Linear):
-        m.weight.copy_(0.05 * torch.randn(m.weight.shape, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+  common.randomize_bn_and_linear_(model, g, nn.BatchNorm3d, calibrate_with)
   return model.eval()
