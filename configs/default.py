@@ -44,6 +44,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # never a teacher at 224.
   data.decode_scale = 1
   data.cache = False  # keep the parsed records (all JPEG frames) in memory (small data sets)
+  # Shards read by parallel background threads (True) or by the thread that parses them
+  # (False: 12-15% less CPU per video, but one reader per host). None: parallel for
+  # remote shards (gs://, s3://, ...), whose latency it hides, in-thread for local ones.
+  data.parallel_reads = ml_collections.FieldReference(None, field_type=bool)
   return data
 
 

@@ -28,8 +28,8 @@ EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
 RESUME_PREFIXES = ("model.", "teacher.", "data.")
 RESUME_KEYS = ("batch_size", "num_classes", "mode", "kd_method", "dtype")
 # ... except these, which may change between runs (moved data, moved teacher).
-RESUME_FREE = ("data.data_dir", "data.cache", "model.init_from", "teacher.checkpoint",
-               "allow_config_change")
+RESUME_FREE = ("data.data_dir", "data.cache", "data.parallel_reads", "model.init_from",
+               "teacher.checkpoint", "allow_config_change")
 
 
 def compute_dtype(name: str):

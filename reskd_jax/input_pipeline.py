@@ -483,9 +483,13 @@ def _padding_example(data_cfg, num_classes: int):
 # Dataset construction.
 
 
-def _remote(files) -> bool:
-  """Whether the shards live on a remote file system (gs://, s3://, ...)."""
-  return any("://" in str(f) for f in files)
+def _parallel_reads(data_cfg, files) -> bool:
+  """`data.parallel_reads`; when None (or absent), whether the shards live on a remote
+  file system (gs://, s3://, ...)."""
+  setting = data_cfg.get("parallel_reads", None)
+  if setting is None:
+    return any("://" in str(f) for f in files)
+  return bool(setting)
 
 
 def _read_records(files, num_files: int, parallel: bool):
@@ -493,11 +497,13 @@ def _read_records(files, num_files: int, parallel: bool):
   of `num_files` paths), up to 16 shards interleaved deterministically.
 
   Records are read unbuffered (`_READ_BUFFER_BYTES`). With `parallel`
-  (remote storage: gs://, s3://, ...) shards are read by background threads,
-  which hides the latency of remote reads; local shards are read by the
-  thread that asks for the next record, so the record is still in the CPU
-  cache when it is parsed (background reads ahead of a consumer cost 12-15%
-  more CPU per video in `bench/input_pipeline.py`).
+  (`_parallel_reads`: by default for remote storage) shards are read by
+  background threads, which hides the latency of remote reads. Otherwise
+  they are read by the thread that asks for the next record, so the record
+  is still in the CPU cache when it is parsed: background reads ahead of a
+  consumer cost 12-15% more CPU per video in `bench/input_pipeline.py`, but
+  an in-thread reader is one thread per host (about 1.3 ms per 2.6 MB
+  record on the development machine, so some 750 such videos/s at most).
   """
   read = lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
   cycle = min(num_files, _MAX_CYCLE_LENGTH)
@@ -618,7 +624,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   parse = records.parse_sequence_example
   cached = None
   if data_cfg.cache:
-    cached = _read_records(list(files), len(files), _remote(files))
+    cached = _read_records(list(files), len(files), _parallel_reads(data_cfg, files))
     if not by_file:
       cached = cached.shard(count, index)
     cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
@@ -630,7 +636,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
     else:
       order = tf.random.experimental.stateless_shuffle(
           files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
-      ds = _read_records(order, len(files), _remote(files))
+      ds = _read_records(order, len(files), _parallel_reads(data_cfg, files))
       if not by_file:
         ds = ds.shard(count, index)
 
@@ -659,7 +665,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
 def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
   expected = len(range(index, num_videos, count))  # videos this host must see
   num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
-  ds = _read_records(list(files), len(files), _remote(files))
+  ds = _read_records(list(files), len(files), _parallel_reads(data_cfg, files))
   if count > 1:
     ds = ds.shard(count, index)
 

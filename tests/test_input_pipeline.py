@@ -402,6 +402,18 @@ def test_train_dense_random_crop_and_cache(data_dir):
       assert start <= max(n - 6, 0)  # random start in [0, n - clip_len * interval]
 
 
+def test_parallel_reads_give_the_same_batches(data_dir):
+  """Shards read by background threads or in-thread: the same deterministic stream."""
+  for train in (True, False):
+    make = _train if train else _eval
+    in_thread = _take(make(data_dir, parallel_reads=False), 3)
+    parallel = _take(make(data_dir, parallel_reads=True), 3)
+    chex.assert_trees_all_equal(in_thread, parallel)
+  assert not ip._parallel_reads(_cfg(data_dir), ["/data/a.tfrecord"])
+  assert ip._parallel_reads(_cfg(data_dir), ["gs://bucket/a.tfrecord"])
+  assert ip._parallel_reads(_cfg(data_dir, parallel_reads=True), ["/data/a.tfrecord"])
+
+
 def _eval(data_dir, split="val", batch_size=4, index=0, count=1, **overrides):
   return ip.create_dataset(_cfg(data_dir, **overrides), split, train=False,
                            batch_size=batch_size, num_classes=NUM_CLASSES,
