@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from reskd_jax.fileio import pid_alive
 from reskd_jax.records import MANIFEST, shard_name
 
 from data_prep import manifest
@@ -206,18 +207,8 @@ def _remove_stale_shards(split_dir: str, split: str, keep: set, log):
   tmp = re.compile(r"\.?" + re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord(\.json)?\.tmp-(\d+)")
   for name in sorted(os.listdir(split_dir)):
     m = tmp.fullmatch(name)
-    if m and not _alive(int(m.group(2))):
+    if m and not pid_alive(int(m.group(2))):
       os.remove(os.path.join(split_dir, name))
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def _unknown_labels_error(split: str, out: str, classes: Sequence[str],

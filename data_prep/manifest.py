@@ -8,7 +8,7 @@ import fcntl
 import os
 from typing import Iterator, List, Optional
 
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.fileio import pid_alive, read_json, write_json_atomic
 from reskd_jax.records import MANIFEST
 
 from data_prep.items import ConversionError
@@ -31,16 +31,6 @@ def existing_classes(out_dir: str) -> Optional[List[str]]:
   return list(m["classes"]) if m and m.get("classes") else None
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _claims(out_dir: str) -> dict:
   """The running conversions' claims (those of dead processes dropped)."""
   try:
@@ -48,7 +38,7 @@ def _claims(out_dir: str) -> dict:
   except (OSError, ValueError):
     claims = {}
   return {pid: c for pid, c in claims.items()
-          if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid)))}
+          if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid)))}
 
 
 def check_classes(out_dir: str, classes: List[str]):

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import threading
@@ -39,14 +38,6 @@ _HEARTBEAT_S = 30
 
 def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except OSError as e:
-    return e.errno == errno.EPERM
-  return True
 
 
 class WorkdirLock:
@@ -76,7 +67,7 @@ class WorkdirLock:
       return
     age = time.time() - os.path.getmtime(self.path)
     if host == me[0]:
-      alive = _pid_alive(pid)
+      alive = fileio.pid_alive(pid)
     else:
       alive = age < self._stale_after
     if alive:
