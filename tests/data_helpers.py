@@ -3,6 +3,7 @@ folders, reading records back."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Dict, Tuple
 
@@ -108,3 +109,19 @@ def write_tiny_split(root: str, split: str, sizes, rs: np.random.RandomState, *,
                                                    [f"c{label}"], height, width))
         v += 1
   return {"num_videos": v, "shards": names, "shard_sizes": sizes, "skipped": []}
+
+
+def write_tiny_dataset(data_dir: str, splits: Dict, rs: np.random.RandomState, *,
+                       dataset: str, num_classes: int, height: int, width: int,
+                       frames_per_video: int = 6) -> Dict:
+  """`write_tiny_split` for each ``split: sizes`` of ``splits`` (in that order), then the
+  data set's manifest.json; returns the manifest."""
+  manifest = {"dataset": dataset, "classes": [f"c{k}" for k in range(num_classes)],
+              "multi_label": False,
+              "splits": {split: write_tiny_split(data_dir, split, sizes, rs,
+                                                 num_classes=num_classes, height=height,
+                                                 width=width, frames_per_video=frames_per_video)
+                         for split, sizes in splits.items()}}
+  with open(os.path.join(data_dir, records.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  return manifest

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoints, errors, evaluate, meta as meta_lib, models, records
-from data_helpers import write_tiny_split  # noqa: E402
+from reskd_jax import checkpoints, errors, evaluate, meta as meta_lib, models
+from data_helpers import write_tiny_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
@@ -26,9 +26,9 @@ CONFIG = "configs/minik_r50_112.py:tiny"
 SHRINK = [f"--config.num_classes={NUM_CLASSES}"]
 
 
-def _write_split(root, split, num_videos, rs):
-  return write_tiny_split(root, split, num_videos, rs, num_classes=NUM_CLASSES, height=SIDE,
-                          width=SIDE + 8)
+def _write_data(data, splits, rs):
+  return write_tiny_dataset(data, splits, rs, dataset="tiny", num_classes=NUM_CLASSES,
+                            height=SIDE, width=SIDE + 8)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,7 @@ def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("main")
   data = str(root / "data")
   rs = np.random.RandomState(0)
-  manifest = {"dataset": "tiny", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
-              "multi_label": False,
-              "splits": {"train": _write_split(data, "train", 32, rs),
-                         "val": _write_split(data, "val", 12, rs)}}
-  with open(os.path.join(data, records.MANIFEST), "w") as f:
-    json.dump(manifest, f)
+  _write_data(data, {"train": 32, "val": 12}, rs)
   # A "converted" teacher file with random weights and statistics.
   teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
                                stem="small")

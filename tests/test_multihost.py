@@ -20,21 +20,15 @@ import pytest
 import tensorflow as tf
 
 from configs import minik_r50_112
-from reskd_jax import checkpoints, errors, evaluate, input_pipeline, models, records, train
+from reskd_jax import checkpoints, errors, evaluate, input_pipeline, models, train
 from reskd_jax import train_step
-from data_helpers import write_tiny_split  # noqa: E402
+from data_helpers import write_tiny_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
 STEPS = 16  # long enough that a signal lands mid-run
 TIMEOUT = 480  # seconds a launch may take before it is killed (a loaded 2-core machine)
 STOP_LIMIT = 120  # seconds from SIGTERM to both processes' exit (checkpoint written)
-
-
-def _write_split(root, split, sizes, rs):
-  """One TFRecord shard per entry of ``sizes``; class of video v is v % NUM_CLASSES."""
-  return write_tiny_split(root, split, sizes, rs, num_classes=NUM_CLASSES, height=SIDE,
-                          width=SIDE + 8)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +38,8 @@ def setup(tmp_path_factory):
   rs = np.random.RandomState(0)
   # Two train shards (each host reads one), an eval split that does not fill
   # the last batch (padding), on two shards.
-  manifest = {"dataset": "tiny", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
-              "multi_label": False,
-              "splits": {"train": _write_split(data, "train", [16, 16], rs),
-                         "val": _write_split(data, "val", [6, 5], rs)}}
-  with open(os.path.join(data, records.MANIFEST), "w") as f:
-    json.dump(manifest, f)
+  write_tiny_dataset(data, {"train": [16, 16], "val": [6, 5]}, rs, dataset="tiny",
+                     num_classes=NUM_CLASSES, height=SIDE, width=SIDE + 8)
   teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
                                stem="small")
   tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)

@@ -23,9 +23,9 @@ import pytest
 import tensorflow as tf
 
 from configs import minik_r50_112, minik_r152_224
-from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, models, records
+from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, models
 from reskd_jax import train, train_step, workdir as workdir_lib
-from test_main import NUM_CLASSES, ROOT, _env, _write_split
+from test_main import NUM_CLASSES, ROOT, _env, _write_data
 
 FRAMES = 4
 TINY = "configs/minik_r50_112.py:tiny"
@@ -36,13 +36,7 @@ def env(tmp_path_factory):
   root = tmp_path_factory.mktemp("robust")
   data = str(root / "data")
   rs = np.random.RandomState(0)
-  manifest = {"dataset": "tiny", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
-              "multi_label": False,
-              "splits": {"train": _write_split(data, "train", 32, rs),
-                         "val": _write_split(data, "val", 8, rs),
-                         "empty": _write_split(data, "empty", 0, rs)}}
-  with open(os.path.join(data, records.MANIFEST), "w") as f:
-    json.dump(manifest, f)
+  _write_data(data, {"train": 32, "val": 8, "empty": 0}, rs)
   # A teacher as a tiny teacher run would save it: full meta.json.
   tcfg = minik_r152_224.get_config("tiny")
   teacher = train.build_from_config(tcfg.model, NUM_CLASSES)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoints, models, optim, records, train_step
-from data_helpers import write_tiny_split  # noqa: E402
+from reskd_jax import checkpoints, models, optim, train_step
+from data_helpers import write_tiny_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1), dropout_rate=0.0)
@@ -67,22 +67,14 @@ def test_sharded_reskd_step_with_feature_kd():
 FRAMES_PER_VIDEO, H, W = 12, 72, 80
 
 
-def _write_split(root, split, num_videos, rs):
-  return write_tiny_split(root, split, num_videos, rs, num_classes=NUM_CLASSES, height=H,
-                          width=W, frames_per_video=FRAMES_PER_VIDEO)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("slowonly_main")
   data = str(root / "data")
   rs = np.random.RandomState(0)
-  manifest = {"dataset": "tiny_k400", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
-              "multi_label": False,
-              "splits": {"train": _write_split(data, "train", 16, rs),
-                         "val": _write_split(data, "val", 8, rs)}}
-  with open(os.path.join(data, records.MANIFEST), "w") as f:
-    json.dump(manifest, f)
+  write_tiny_dataset(data, {"train": 16, "val": 8}, rs, dataset="tiny_k400",
+                     num_classes=NUM_CLASSES, height=H, width=W,
+                     frames_per_video=FRAMES_PER_VIDEO)
   teacher = models.build_model("slowonly_r50", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1))
   tvars = models.init_variables(teacher, jax.random.key(7), 4, 64)
   teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars,

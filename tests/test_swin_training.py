@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoints, losses, models, optim, records, train_step
-from data_helpers import write_tiny_split  # noqa: E402
+from reskd_jax import checkpoints, losses, models, optim, train_step
+from data_helpers import write_tiny_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Teacher and student differ in width, as Swin-B (1024 channels) and Swin-S (768).
@@ -79,22 +79,14 @@ def test_pixel_logit_kd_matches_the_released_head():
 FRAMES_PER_VIDEO, H, W = 12, 40, 44
 
 
-def _write_split(root, split, num_videos, rs):
-  return write_tiny_split(root, split, num_videos, rs, num_classes=NUM_CLASSES, height=H,
-                          width=W, frames_per_video=FRAMES_PER_VIDEO)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("swin_main")
   data = str(root / "data")
   rs = np.random.RandomState(0)
-  manifest = {"dataset": "tiny_k400", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
-              "multi_label": False,
-              "splits": {"train": _write_split(data, "train", 16, rs),
-                         "val": _write_split(data, "val", 8, rs)}}
-  with open(os.path.join(data, records.MANIFEST), "w") as f:
-    json.dump(manifest, f)
+  write_tiny_dataset(data, {"train": 16, "val": 8}, rs, dataset="tiny_k400",
+                     num_classes=NUM_CLASSES, height=H, width=W,
+                     frames_per_video=FRAMES_PER_VIDEO)
   # The teacher as configs/default._tiny_swin makes it (swin_b with tiny options).
   tiny = dict(embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=(2, 3, 3))
   teacher = models.build_model("swin_b", NUM_CLASSES, **tiny)
