@@ -17,6 +17,7 @@ import time
 import traceback
 
 from data_prep.pool import recv, send
+from reskd_jax.errors import DataError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCH_SECONDS = 0.5
@@ -43,6 +44,9 @@ def exit_with_parent(parent: int):
 def main():
   if len(sys.argv) > 1:
     exit_with_parent(int(sys.argv[1]))
+  # Ctrl-C reaches the whole process group: the parent alone handles it (one line, then it
+  # ends the workers); a worker must not print a KeyboardInterrupt traceback of its own.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   out = os.fdopen(os.dup(1), "wb")  # the answers' channel
   os.dup2(2, 1)  # anything printed goes to stderr, not into the answers
   inp = sys.stdin.buffer
@@ -54,6 +58,8 @@ def main():
     try:
       fn = getattr(importlib.import_module(module), name)
       answer = ("ok", fn(*args))
+    except DataError as e:  # bad input, not a bug: the parent raises this very error
+      answer = ("raise", e)
     except Exception:  # noqa: BLE001  reported to the parent, which raises it
       answer = ("error", traceback.format_exc())
     send(out, answer)

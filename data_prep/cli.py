@@ -23,8 +23,33 @@ Run once per split into the same --out (the manifest keeps every split; the
 second split reuses the first one's class list, and stops before any work when
 its labels are not all in it). Bad or partial videos are skipped and listed with
 their reason in manifest.json; the command fails (exit status 2, one line) when
-its input or --out is unusable or nothing could be converted. Interrupted?
-Rerun the same command: finished shards are verified and kept.
+its input or --out is unusable, the disk fills up, another conversion is writing
+the same split, or nothing could be converted. Interrupted? Rerun the same
+command: finished shards are verified and kept.
+"""
+
+RULES = """\
+rules (details in data_prep/README.md):
+  completeness  a video is complete when it decodes the frame count its container
+                declares (mp4, avi), else when decoding reaches the end time its
+                container declares (mkv, webm: variable frame rate videos are judged
+                by their timestamps); a video declaring neither (a live-recorded
+                webm) cannot be checked. Otherwise it is partial: skipped unless
+                --allow-partial.
+  rotation      a video's display rotation (display matrix side data, e.g. phone
+                videos) is applied as players do (--no-autorotate: stored pixels).
+  bit depth     16-bit images are scaled to 8 bits (65535 -> 255), not clipped;
+                10-bit videos are converted to 8-bit RGB by FFmpeg.
+  frame folders two files for one frame number (img_00001.jpg, img_1.jpg) skip the
+                folder; frames of mixed sizes skip it unless --resize-mixed-frames.
+  reconversion  each shard records the size and modification time of every source;
+                a rerun writes again the shards whose sources changed, and says so.
+  list files    a line starting with '#' is a comment (reported), unless its path
+                exists under --source; labels are class names or class indices, not
+                both: a number among names is skipped with its reason.
+  classes       folder: every sub-folder is a class, an empty one too (reported).
+  leaks         videos already in another split of --out (same file, or a copy)
+                are reported with their ids when a split is written.
 """
 
 FORMAT_HELP = {
@@ -110,21 +135,29 @@ def _add_convert_args(p: argparse.ArgumentParser, fmt: str):
   p.add_argument("--decode-threads", type=_non_negative, default=1,
                  help="FFmpeg decoder threads per process (default 1; 0: automatic)")
   p.add_argument("--allow-partial", action="store_true",
-                 help="keep videos that decode only in part (fewer frames than the container "
-                      "or the list declares, gaps in a frame folder); listed as partial in "
+                 help="keep videos that decode only in part (fewer frames, or an earlier end, "
+                      "than the container or the list declares; gaps in a frame folder; no "
+                      "declared length to check against); listed as partial in "
                       "manifest.json. Default: skip them")
+  p.add_argument("--no-autorotate", dest="autorotate", action="store_false",
+                 help="keep the stored pixels of videos with a display rotation (default: "
+                      "rotate them as players show them)")
+  p.add_argument("--resize-mixed-frames", action="store_true",
+                 help="frame folders whose frames differ in size: resize every frame to the "
+                      "first one's size (default: skip such folders, naming them)")
   p.add_argument("--shuffle-seed", type=int, default=0,
                  help="seed of the fixed video-to-shard permutation (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m data_prep", description=DESCRIPTION, epilog=EXAMPLES,
+      prog="python -m data_prep", description=DESCRIPTION + "\n" + RULES, epilog=EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   subs = parser.add_subparsers(dest="format", required=True, metavar="<format>",
                                help=f"one of: {', '.join(FORMATS)}, demo")
   for fmt in FORMATS:
-    p = subs.add_parser(fmt, help=FORMAT_HELP[fmt], description=FORMAT_HELP[fmt])
+    p = subs.add_parser(fmt, help=FORMAT_HELP[fmt], description=FORMAT_HELP[fmt],
+                        epilog=RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_convert_args(p, fmt)
   demo = subs.add_parser("demo", help="generate and convert the synthetic demo data set",
                          description=textwrap.dedent("""\
@@ -151,7 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,
                              frame_stride=args.frame_stride, fps=args.fps,
                              filename_tmpl=args.filename_tmpl, decode_threads=args.decode_threads,
-                             allow_partial=args.allow_partial)
+                             allow_partial=args.allow_partial, autorotate=args.autorotate,
+                             resize_mixed_frames=args.resize_mixed_frames)
     convert_format(args.format, getattr(args, "annotations", None), args.source, args.out,
                    args.split, classes=args.classes, options=options,
                    num_shards=args.num_shards, workers=args.workers,

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from reskd_jax.fileio import pid_alive
 from reskd_jax.records import MANIFEST, shard_name
 
-from data_prep import manifest
+from data_prep import leaks, manifest
 from data_prep.annotations import read_annotations
 from data_prep.encode import ConvertOptions
 from data_prep.items import Annotations, ConversionError
@@ -159,6 +159,7 @@ def convert(annotations: Annotations, out_dir: str, split: str,
                "shard_sizes": [int(r["num_videos"]) for r in results],
                "shard_bytes": [int(r["bytes"]) for r in results], "skipped": skipped,
                "partial": partial, "options": options.to_json()}
+      _add_checks(entry, out_dir, split, results, warn)
       manifest.update(out_dir, annotations.dataset, annotations.classes,
                       annotations.multi_label, split, entry)
   if num_videos == 0:
@@ -169,6 +170,17 @@ def convert(annotations: Annotations, out_dir: str, split: str,
       f"{f', {len(partial)} partial' if partial else ''}; manifest: "
       f"{os.path.join(out_dir, MANIFEST)}")
   return entry
+
+
+def _add_checks(entry: dict, out_dir: str, split: str, results: Sequence[dict], warn):
+  """The shards' checksums (the trainer verifies them at start-up, see
+  reskd_jax.shard_check) and the videos this split shares with the splits already
+  written (`leaks`: reported, with their ids)."""
+  if all(r.get("sha256") for r in results):
+    entry["shard_sha256"] = [r["sha256"] for r in results]
+  found = leaks.report(out_dir, split, results, manifest.load(out_dir), warn)
+  if found:
+    entry["leaks"] = found
 
 
 def _summary(skipped: Sequence[dict]) -> str:
@@ -252,6 +264,8 @@ def convert_format(fmt: str, annotations: Optional[str], source: str, out: str, 
       from_manifest = True
       log(f"using the {len(class_list)} classes of {os.path.join(out, MANIFEST)}")
   ann = read_annotations(fmt, annotations, source, split, class_list)
+  for note in ann.notes:
+    warn(f"note: {note}")
   if dataset:
     ann.dataset = dataset
   if not ann.classes:

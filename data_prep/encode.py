@@ -23,11 +23,14 @@ class ConvertOptions:
   filename_tmpl: str = "img_{:05d}.jpg"
   decode_threads: int = 1
   allow_partial: bool = False  # keep partial videos (listed in the manifest) instead of skipping
+  autorotate: bool = True  # apply a video's display rotation (as players do)
+  resize_mixed_frames: bool = False  # frame folders of mixed sizes: squeeze, instead of skipping
 
   def frame_options(self) -> FrameOptions:
     return FrameOptions(frame_stride=self.frame_stride, fps=self.fps,
                         filename_tmpl=self.filename_tmpl, decode_threads=self.decode_threads,
-                        allow_partial=self.allow_partial)
+                        allow_partial=self.allow_partial, autorotate=self.autorotate,
+                        resize_mixed_frames=self.resize_mixed_frames)
 
   def to_json(self):
     return dataclasses.asdict(self)

@@ -13,6 +13,18 @@ class ConversionError(DataError):
   convert (the CLI prints it as one line and exits with `exit_status`, 2)."""
 
 
+class DiskFull(ConversionError):
+  """The file system of --out filled up while a shard was written (its partial file is
+  removed). `written`: bytes of the partial shard; `num_items`: videos of that shard."""
+
+  def __init__(self, path: str, written: int = 0, num_items: int = 0):
+    super().__init__(f"disk full while writing {path}")
+    self.path, self.written, self.num_items = path, written, num_items
+
+  def __reduce__(self):  # crosses the worker pipe (pickle) with its fields
+    return DiskFull, (self.path, self.written, self.num_items)
+
+
 class ItemError(Exception):
   """One video cannot be converted; the message is the reason in the manifest."""
 
@@ -64,3 +76,5 @@ class Annotations:
   unknown_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
   # Annotation file(s) read, for messages.
   origin: Optional[str] = None
+  # What the reader did that the user should hear of (comment lines, empty class folders).
+  notes: List[str] = dataclasses.field(default_factory=list)

@@ -59,6 +59,17 @@ def check_classes(out_dir: str, classes: List[str]):
           f"--classes to both")
 
 
+def check_split_free(out_dir: str, split: str, claims: dict):
+  """ConversionError when another running conversion (in `claims`) writes `split` into
+  `out_dir`: two writers of one split would remove each other's temporary shards."""
+  for pid, claim in claims.items():
+    if int(pid) != os.getpid() and claim.get("split") == split:
+      raise ConversionError(
+          f"another conversion (process {pid}) is writing split {split!r} into {out_dir}: "
+          f"wait for it to finish (or stop it), then rerun this command to check and complete "
+          f"its work")
+
+
 @contextlib.contextmanager
 def _locked(out_dir: str):
   with open(os.path.join(out_dir, LOCK), "a") as f:
@@ -78,6 +89,7 @@ def classes_held(out_dir: str, split: str, classes: List[str]) -> Iterator[None]
   with _locked(out_dir):
     check_classes(out_dir, classes)
     claims = _claims(out_dir)
+    check_split_free(out_dir, split, claims)
     claims[str(os.getpid())] = {"split": split, "classes": list(classes)}
     write_json_atomic(path, claims, indent=1)
   try:

@@ -66,8 +66,18 @@ class Pool:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
+    if exc_type is not None and not issubclass(exc_type, Exception):
+      self.kill()  # Ctrl-C (KeyboardInterrupt), SystemExit: do not wait for the tasks
     self.close()
+
+  def kill(self):
+    """Ends every child at once (their tasks' temporary files are removed by a rerun)."""
+    for proc in self._procs:
+      if proc.poll() is None:
+        proc.kill()
+    for proc in self._procs:
+      proc.wait()
 
   def _spawn(self):
     return subprocess.Popen([sys.executable, "-m", "data_prep._worker", str(os.getpid())],
@@ -116,6 +126,9 @@ class Pool:
             break
           send(proc.stdin, (spec, task))
           status, value = recv(proc.stdout)
+          if status == "raise":  # a DataError (bad input): raised again here as it is
+            errors.append(value)
+            break
           if status != "ok":
             errors.append(RuntimeError(f"task {index} failed in a worker process:\n{value}"))
             break

@@ -27,7 +27,7 @@ from reskd_jax.fileio import read_json, write_json_atomic
 
 from data_prep import pool
 from data_prep.encode import ConvertOptions, encode_item
-from data_prep.items import ConversionError, Item, ItemError
+from data_prep.items import ConversionError, DiskFull, Item, ItemError
 from data_prep.sources import source_state
 
 FORMAT_VERSION = 2
@@ -101,12 +101,55 @@ def check(task: ShardTask) -> Tuple[Optional[dict], Optional[str]]:
     item = by_id.get(s.get("item"))
     if item is None or source_state(item) != s.get("state"):
       return None, None  # a bad source was fixed (or replaced): convert the shard again
+  changed = changed_sources(task, side)
+  if changed:
+    return None, changed
   size = os.path.getsize(task.path)
   if size != side.get("bytes"):
     return None, f"damaged: {size} bytes, {side.get('bytes')} written"
   if file_digest(task.path)[1] != side.get("sha256"):
     return None, "damaged: its SHA-256 checksum differs from the one written"
   return side, None
+
+
+def changed_sources(task: ShardTask, side: dict) -> Optional[str]:
+  """Why the shard must be made again because a source it was made from changed since
+  (size or modification time; see `sources.source_state`), None when none did."""
+  recorded = side.get("sources")
+  if not isinstance(recorded, dict):
+    return "no record of the sources it was made from (written by an older data_prep)"
+  changed = [i.video_id for i in task.items
+             if i.video_id in recorded and source_state(i) != recorded[i.video_id]]
+  if not changed:
+    return None
+  shown = ", ".join(changed[:5]) + (f", ... ({len(changed)} videos)" if len(changed) > 5 else "")
+  return f"source{'s' * (len(changed) > 1)} changed since it was written: {shown}"
+
+
+def _remove_stale_tmp(task: ShardTask):
+  """Temporary files of this shard left by dead processes (never a live conversion's)."""
+  from reskd_jax.fileio import pid_alive
+
+  for stale in glob.glob(glob.escape(task.path) + ".tmp-*") + glob.glob(
+      glob.escape(task.sidecar) + ".tmp-*"):
+    pid = stale.rsplit(".tmp-", 1)[-1]
+    if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+      continue
+    try:
+      os.remove(stale)
+    except OSError:
+      pass
+
+
+def _disk_full(error: BaseException) -> bool:
+  import errno
+
+  import tensorflow as tf
+
+  if isinstance(error, OSError):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+  return (isinstance(error, (tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError))
+          and "space" in str(error).lower())
 
 
 def finished(task: ShardTask) -> Optional[dict]:
@@ -120,20 +163,30 @@ def write_shard(task: ShardTask) -> dict:
   side, damaged = check(task)
   if side is not None:
     return dict(side, reused=True)
-  for stale in glob.glob(glob.escape(task.path) + ".tmp-*") + glob.glob(
-      glob.escape(task.sidecar) + ".tmp-*"):
-    try:
-      os.remove(stale)
-    except OSError:
-      pass
+  _remove_stale_tmp(task)
+  tmp = f"{task.path}.tmp-{os.getpid()}"
+  try:
+    return _write_shard(task, tmp, damaged)
+  except Exception as e:  # noqa: BLE001  re-raised below unless the disk is full
+    if not _disk_full(e):
+      raise
+    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    for path in (tmp, f"{task.sidecar}.tmp-{os.getpid()}"):
+      if os.path.exists(path):
+        os.remove(path)
+    raise DiskFull(task.path, written, len(task.items)) from None
+
+
+def _write_shard(task: ShardTask, tmp: str, damaged: Optional[str]) -> dict:
   # Imported here, as in `encode.encode_item`: only shard writing needs TensorFlow.
   import tensorflow as tf
 
-  tmp = f"{task.path}.tmp-{os.getpid()}"
   count, skipped, partial = 0, [], []
+  sources = {}
   start = time.time()
   with tf.io.TFRecordWriter(tmp) as writer:
     for item in task.items:
+      sources[item.video_id] = source_state(item)  # before reading it: a later change counts
       try:
         record, why_partial = encode_item(item, task.options)
       except ItemError as e:
@@ -152,7 +205,7 @@ def write_shard(task: ShardTask) -> dict:
     os.fsync(f.fileno())
   size, sha256 = file_digest(tmp)
   side = {"fingerprint": task.fingerprint(), "num_videos": count, "skipped": skipped,
-          "partial": partial, "bytes": size, "sha256": sha256}
+          "partial": partial, "bytes": size, "sha256": sha256, "sources": sources}
   write_json_atomic(task.sidecar, side, indent=1)
   os.replace(tmp, task.path)  # the shard appears only now, complete
   return dict(side, reused=False, damaged=damaged, seconds=round(time.time() - start, 2))
@@ -166,6 +219,7 @@ def write_shards(tasks: Sequence[ShardTask], workers: int,
   total = len(tasks)
 
   def report(i, res):
+    results_so_far[i] = res
     if res.get("reused"):
       what = "already complete, verified"
     else:
@@ -175,18 +229,53 @@ def write_shards(tasks: Sequence[ShardTask], workers: int,
     log(f"  shard {i + 1}/{total} {tasks[i].shard}: {res['num_videos']} videos, "
         f"{len(res['skipped'])} skipped ({what})")
 
+  results_so_far = {}
   if (processes is None and workers <= 1) or total <= 1:
-    results = []
-    for i, t in enumerate(tasks):
-      results.append(write_shard(t))
-      report(i, results[-1])
-    return results
+    try:
+      for i, t in enumerate(tasks):
+        results_so_far[i] = write_shard(t)
+        report(i, results_so_far[i])
+    except DiskFull as e:
+      raise ConversionError(disk_full_message(e, tasks, results_so_far)) from None
+    return [results_so_far[i] for i in range(total)]
   try:
     args = [(t,) for t in tasks]
     if processes is not None:
       return processes.run(write_shard, args, on_result=report)
     return pool.run(write_shard, args, workers, on_result=report)
+  except DiskFull as e:
+    raise ConversionError(disk_full_message(e, tasks, results_so_far)) from None
   except pool.WorkerDied as e:
     raise ConversionError(
         f"{e} (a crash in a video decoder?). Finished shards are kept: rerun to resume, "
         f"with --workers=1 to see which video it is.") from None
+
+
+def disk_full_message(error: DiskFull, tasks: Sequence[ShardTask], done: dict) -> str:
+  """One line: which output filled the disk, the free space left and about how much more
+  the split needs (estimated from the bytes per video written so far)."""
+  split_dir = os.path.dirname(error.path)
+  written_bytes = sum(int(r.get("bytes", 0)) for r in done.values())
+  written_videos = sum(int(r.get("num_videos", 0)) for r in done.values())
+  per_video = ((written_bytes + error.written) / max(1, written_videos)
+               if written_videos else max(error.written, 1))
+  left = sum(len(t.items) for i, t in enumerate(tasks) if i not in done)
+  try:
+    stat = os.statvfs(split_dir)
+    free = stat.f_bavail * stat.f_frsize
+  except OSError:
+    free = 0
+  needed = max(0, int(per_video * left) - free)
+  return (f"disk full while writing {error.path}: {_size(free)} free on its file system, "
+          f"the {left} videos not yet written need about {_size(int(per_video * left))} "
+          f"({_size(int(per_video))} per video so far), so free about {_size(needed)} more "
+          f"(or use another --out) and rerun the same command: finished shards are kept, "
+          f"the partial one was removed")
+
+
+def _size(n: int) -> str:
+  for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+    if n < 1024 or unit == "TiB":
+      return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n}"

@@ -8,8 +8,9 @@ incomplete video, kept with --allow-partial).
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Iterator
+from typing import Iterator, List, Optional
 
 from PIL import Image
 from reskd_jax import video_io
@@ -31,22 +32,51 @@ def resolve(item: Item) -> str:
     for ext in VIDEO_EXTENSIONS:
       if os.path.isfile(path + ext):
         return path + ext
+  for path in candidates:
+    broken = broken_link(path)
+    if broken:
+      raise ItemError(broken)
   tried = item.source
   if item.alternatives:
     tried += f" (or {', '.join(item.alternatives)} with a video extension)"
   raise ItemError(f"missing file: {tried}")
 
 
-def source_state(item: Item):
-  """A cheap signature of the item's source on disk (path, size, mtime), None when missing."""
+def broken_link(path: str) -> Optional[str]:
+  """Why `path`, a symbolic link (or a path through one) that does not lead to a file,
+  cannot be read: a loop of links, or a link to nothing; None when it is no such link."""
+  try:
+    os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return f"symbolic link loop: {path} (its links lead back to themselves)"
+    if os.path.islink(path):
+      return f"broken symbolic link: {path} -> {os.readlink(path)} (which does not exist)"
+  return None
+
+
+def source_state(item: Item) -> Optional[List]:
+  """A cheap signature of what the item is made from, None when it is missing: a video
+  file's [path, size, mtime]; a frame folder's [path, number of files, total size,
+  latest mtime] (one stat per frame file, so a frame replaced in place counts)."""
   try:
     path = resolve(item)
     st = os.stat(path)
   except (ItemError, OSError):
     return None
   if os.path.isdir(path):
-    names = sorted(os.listdir(path))
-    return [path, len(names), st.st_mtime_ns]
+    count, size, mtime = 0, 0, st.st_mtime_ns
+    try:
+      with os.scandir(path) as entries:
+        for entry in entries:
+          try:
+            est = entry.stat()
+          except OSError:
+            continue
+          count, size, mtime = count + 1, size + est.st_size, max(mtime, est.st_mtime_ns)
+    except OSError:
+      return None
+    return [path, count, size, mtime]
   return [path, st.st_size, st.st_mtime_ns]
 
 

@@ -47,6 +47,8 @@ class FrameOptions:
   filename_tmpl: str = "img_{:05d}.jpg"  # frame folders
   decode_threads: int = 1  # PyAV decoder threads (parallelism is across processes)
   allow_partial: bool = False  # frame folders with gaps: decode what is there
+  autorotate: bool = True  # video files: apply the stream's display rotation, as players do
+  resize_mixed_frames: bool = False  # frame folders: squeeze frames to the first one's size
 
 
 def short_side_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
@@ -76,6 +78,33 @@ def numbered_frames(folder: str, tmpl: str) -> List[Tuple[int, str]]:
     if m:
       numbered.append((int(m.group(1)), os.path.join(folder, name)))
   return sorted(numbered)
+
+
+def duplicate_numbers(numbered: List[Tuple[int, str]]) -> List[Tuple[int, List[str]]]:
+  """(frame number, file names) of every number that two or more files parse to
+  (`img_00001.jpg` and `img_1.jpg`)."""
+  names: dict = {}
+  for k, path in numbered:
+    names.setdefault(k, []).append(os.path.basename(path))
+  return [(k, sorted(v)) for k, v in sorted(names.items()) if len(v) > 1]
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+  """An RGB image with 8 bits per channel. High bit depth images are scaled, not clipped:
+  16-bit grayscale (PIL mode `I;16*`, or `I` as older Pillows open 16-bit PNGs) maps
+  0..65535 to 0..255; 16-bit colour PNGs already come as 8-bit `RGB` (PIL keeps the high
+  byte). Floating-point images (mode `F`) have no agreed range: VideoReadError."""
+  if img.mode.startswith("I;16") or img.mode == "I":
+    wide = np.asarray(img).astype(np.float64)
+    if img.mode == "I" and wide.size and (wide.min() < 0 or wide.max() > 65535):
+      raise VideoReadError(f"32-bit integer image (values {int(wide.min())}..{int(wide.max())}): "
+                           f"save it with 8 or 16 bits per channel")
+    gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+  if img.mode == "F":
+    raise VideoReadError("floating-point image (PIL mode F): save it with 8 or 16 bits per "
+                         "channel")
+  return img.convert("RGB")
 
 
 def frame_files(folder: str, tmpl: str) -> List[str]:
@@ -111,6 +140,12 @@ def folder_frames(folder: str, opts: FrameOptions,
   numbered = numbered_frames(folder, opts.filename_tmpl)
   if not numbered:
     raise VideoReadError(f"no frames matching {opts.filename_tmpl!r} in folder {folder}")
+  dups = duplicate_numbers(numbered)
+  if dups:
+    shown = "; ".join(f"{k}: {', '.join(names)}" for k, names in dups[:3])
+    raise VideoReadError(f"frame folder {folder} has {len(dups)} frame number(s) given by two "
+                         f"or more files ({shown}{'; ...' if len(dups) > 3 else ''}): keep one "
+                         f"file per number")
   partial = None
   missing = _missing([k for k, _ in numbered])
   if missing:
@@ -122,34 +157,99 @@ def folder_frames(folder: str, opts: FrameOptions,
                f"{expected}")
   if partial and not opts.allow_partial:
     raise PartialVideo(partial)
+  first = None
   for _, path in numbered[::max(1, opts.frame_stride)]:
     try:
       with Image.open(path) as img:
         img.load()
-        yield img.convert("RGB")
+        rgb = to_rgb8(img)
+    except VideoReadError as e:
+      raise VideoReadError(f"frame {path}: {e}") from None
     except Exception as e:  # noqa: BLE001  PIL raises many kinds
       raise VideoReadError(f"corrupt frame {path}: {e}") from None
+    if first is None:
+      first = (os.path.basename(path), rgb.size)
+    elif rgb.size != first[1] and not opts.resize_mixed_frames:
+      raise VideoReadError(
+          f"frame folder {folder} mixes frame sizes: {first[0]} is {first[1][0]}x{first[1][1]}, "
+          f"{os.path.basename(path)} is {rgb.width}x{rgb.height} (--resize-mixed-frames "
+          f"squeezes every frame to the first one's size)")
+    yield rgb
   if partial:
     raise PartialVideo(partial)
 
 
 def declared_frames(container, stream) -> Optional[int]:
-  """The frame count the container declares: the stream's count (mp4), else its duration
-  (or the container's) times the frame rate; None when it declares neither."""
+  """The frame count the container declares (mp4, avi: the stream's count); None when it
+  declares none (mkv, webm: their length is a duration, see `declared_end`)."""
+  del container
+  return int(stream.frames) if stream.frames else None
+
+
+def declared_end(container, stream) -> Optional[float]:
+  """The time (seconds, on the frames' clock) at which the container says the video
+  stream ends: its start plus the stream's duration, else the container's; None when it
+  declares no duration (a live recording, e.g. a webm written while streaming)."""
   import av
 
-  if stream.frames:
-    return int(stream.frames)
-  rate = stream.average_rate or stream.guessed_rate
-  if not rate:
-    return None
   if stream.duration and stream.time_base:
-    seconds = float(stream.duration * stream.time_base)
-  elif container.duration:
-    seconds = container.duration / av.time_base
-  else:
+    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    return start + float(stream.duration * stream.time_base)
+  if container.duration:
+    start = container.start_time / av.time_base if container.start_time else 0.0
+    return start + container.duration / av.time_base
+  return None
+
+
+def _frame_seconds(stream) -> float:
+  rate = stream.average_rate or stream.guessed_rate
+  return 1.0 / float(rate) if rate else 1.0 / 30
+
+
+def time_tolerance(end: float, frame_seconds: float) -> float:
+  """Seconds a complete video's last frame may end before its declared end (rounded
+  durations, audio a little longer than the video): 5%, at least two frames."""
+  return max(2 * frame_seconds, PARTIAL_TOLERANCE * end)
+
+
+def completeness_problem(path: str, container, stream, decoded: int,
+                         last_time: Optional[float]) -> Optional[str]:
+  """Why a fully decoded video is not known to be complete, None when it is.
+
+  The container decides: its frame count when it has one (mp4, avi); else its
+  duration: decoding must reach the stream's end time (variable frame rate videos,
+  whose duration times the nominal rate is no frame count, are judged by their
+  timestamps). A container that declares neither (a live-recorded webm) cannot tell
+  a cut-short file from a complete one: that is a problem too."""
+  declared = declared_frames(container, stream)
+  if declared is not None:
+    if decoded < declared - frames_tolerance(declared):
+      return (f"partial video {path}: {decoded} of the {declared} frames its container "
+              f"declares decoded (cut short?)")
     return None
-  return int(round(seconds * float(rate)))
+  end = declared_end(container, stream)
+  if end is None:
+    return (f"video {path} declares neither a frame count nor a duration (a live "
+            f"recording?): whether it was cut short cannot be checked")
+  step = _frame_seconds(stream)
+  reached = (last_time + step) if last_time is not None else decoded * step
+  if reached < end - time_tolerance(end, step):
+    return (f"partial video {path}: decoding stopped at {reached:.2f} s of the {end:.2f} s "
+            f"its container declares ({decoded} frames; cut short?)")
+  return None
+
+
+def _rotated(img: Image.Image, degrees: float) -> Image.Image:
+  """`img` as shown by a player honouring a display rotation of `degrees` (counter-clockwise,
+  PyAV's `VideoFrame.rotation`)."""
+  quarter = int(round(degrees / 90.0)) % 4
+  if quarter == 1:
+    return img.transpose(Image.Transpose.ROTATE_90)
+  if quarter == 2:
+    return img.transpose(Image.Transpose.ROTATE_180)
+  if quarter == 3:
+    return img.transpose(Image.Transpose.ROTATE_270)
+  return img
 
 
 def frames_tolerance(declared: int) -> int:
@@ -176,13 +276,14 @@ def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
       raise VideoReadError(f"unreadable video {path}: no video stream")
     stream = container.streams.video[0]
     stream.thread_count = max(0, int(opts.decode_threads))
-    declared = declared_frames(container, stream)
     to_rgb = VideoReformatter()  # keeps its conversion context from frame to frame
     step = 1.0 / opts.fps if opts.fps else None
-    next_time, t0, n, decoded = None, None, 0, 0
+    next_time, t0, n, decoded, last_time = None, None, 0, 0, None
     try:
       for i, frame in enumerate(container.decode(stream)):
         decoded = i + 1
+        if frame.time is not None:
+          last_time = frame.time if last_time is None else max(last_time, frame.time)
         if step is None:
           if i % max(1, opts.frame_stride):
             continue
@@ -197,16 +298,17 @@ def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
           while next_time <= t + 1e-6:
             next_time += step
         n += 1
-        yield to_rgb.reformat(frame, format="rgb24").to_image()
+        img = to_rgb.reformat(frame, format="rgb24").to_image()
+        yield _rotated(img, frame.rotation) if opts.autorotate and frame.rotation else img
     except VideoReadError:
       raise
     except Exception as e:  # noqa: BLE001  av.error.* for broken or truncated data
       if n == 0:
         raise VideoReadError(f"cannot decode video {path}: {e}") from None
       raise PartialVideo(f"cannot decode video {path} after {decoded} frames: {e}") from None
-  if declared is not None and decoded < declared - frames_tolerance(declared):
-    raise PartialVideo(f"partial video {path}: {decoded} of the {declared} frames its container "
-                       f"declares decoded (cut short?)")
+    problem = completeness_problem(path, container, stream, decoded, last_time)
+  if problem:
+    raise PartialVideo(problem)
 
 
 def read_frames(path: str, opts: FrameOptions = FrameOptions()) -> Iterator[Image.Image]:

@@ -15,8 +15,8 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
          ) -> Annotations:
   """`path label [label ...]` per line, whitespace separated (labels: indices or names)."""
   del split
-  entries, skipped = [], []
-  for n, line in split_lines(annotations):
+  entries, skipped, notes = [], [], []
+  for n, line in split_lines(annotations, source, notes):
     parts = line.split()
     if len(parts) < 2:
       skipped.append(Skipped(f"{annotations}:{n}", f"malformed line {line!r} (want `path label...`)"))
@@ -28,4 +28,4 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
       continue
     entries.append(Entry(relpath_id(rel), os.path.join(source, rel), tuple(parts[1:])))
   return finish("fcvid", entries, classes, annotations, skipped, multi_label=True,
-                root=source)
+                root=source, notes=notes)

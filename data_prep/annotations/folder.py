@@ -16,7 +16,8 @@ def _visible(folder: str) -> List[str]:
 
 def read(annotations: Optional[str], source: str, split: str,
          classes: Optional[Sequence[str]] = None) -> Annotations:
-  """Classes are the sub-folders of `source` (sorted) unless given; a class
+  """Classes are the sub-folders of `source` (sorted; an empty one too, reported) unless
+  given; a class
   folder holds video files (by extension) and/or frame folders. Video ids are
   `<class>/<name without extension>`. Hidden entries (names starting with `.`, such as
   `.git` or `.ipynb_checkpoints`) are ignored at both levels."""
@@ -36,6 +37,15 @@ def read(annotations: Optional[str], source: str, split: str,
         entries.append(Entry(f"{cls}/{stem}", path, (cls,)))
   if not entries:
     raise ConversionError(f"no videos under {source!r} (want <class>/<video or frame folder>)")
+  notes = []
+  used = {e.label_tokens[0] for e in entries}
+  empty = [c for c in class_dirs if c not in used]
   if classes is None:
-    classes = sorted({e.label_tokens[0] for e in entries})
-  return finish("folder", entries, classes, source, root=source)
+    classes = class_dirs  # every class folder, an empty one too: later splits keep its index
+    if empty:
+      notes.append(f"{len(empty)} class folder(s) of {source} hold no videos, kept in the "
+                   f"class list: {', '.join(empty[:10])}{', ...' if len(empty) > 10 else ''}")
+  elif empty:
+    notes.append(f"{len(empty)} class folder(s) of {source} hold no videos: "
+                 f"{', '.join(empty[:10])}{', ...' if len(empty) > 10 else ''}")
+  return finish("folder", entries, classes, source, root=source, notes=notes)

@@ -20,8 +20,8 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
   relative to `source` without its extension.
   """
   del split
-  entries, skipped = [], []
-  for n, line in split_lines(annotations):
+  entries, skipped, notes = [], [], []
+  for n, line in split_lines(annotations, source, notes):
     parts = line.rsplit(None, 1)
     if len(parts) != 2:
       skipped.append(Skipped(f"{annotations}:{n}", f"malformed line {line!r} (want `path label`)"))
@@ -33,4 +33,4 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
       skipped.append(Skipped(path, str(e)))
       continue
     entries.append(Entry(relpath_id(rel), os.path.join(source, rel), (label,)))
-  return finish(dataset, entries, classes, annotations, skipped, root=source)
+  return finish(dataset, entries, classes, annotations, skipped, root=source, notes=notes)

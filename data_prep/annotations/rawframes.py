@@ -15,9 +15,9 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
   """Frame folders relative to `source` (and inside it); a folder whose frame count
   differs from its `num_frames` is partial (see `reskd_jax.video_io.folder_frames`)."""
   del split
-  entries, skipped = [], []
+  entries, skipped, notes = [], [], []
   multi = False
-  for n, line in split_lines(annotations):
+  for n, line in split_lines(annotations, source, notes):
     parts = line.split()
     if len(parts) < 3 or not parts[1].isdigit():
       skipped.append(Skipped(f"{annotations}:{n}",
@@ -32,4 +32,4 @@ def read(annotations: str, source: str, split: str, classes: Optional[Sequence[s
     entries.append(Entry(rel.replace(os.sep, "/"), os.path.join(source, rel), tuple(parts[2:]),
                          num_frames=int(parts[1])))
   return finish("rawframes", entries, classes, annotations, skipped, multi_label=multi,
-                root=source)
+                root=source, notes=notes)
