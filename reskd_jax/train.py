@@ -29,6 +29,7 @@ import numpy as np
 
 from reskd_jax import checkpoints, config_checks, evaluate, flops, input_pipeline, meta as meta_lib
 from reskd_jax import models, optim, train_step, train_utils, workdir as workdir_lib
+from reskd_jax import shard_check
 from reskd_jax.config_checks import EVAL_METRICS, check_config, check_splits  # noqa: F401
 from reskd_jax.config_checks import check_teacher_alignment  # noqa: F401
 from reskd_jax.errors import ConfigError, NonFiniteError  # noqa: F401  (re-exported)
@@ -154,6 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_checks.check_config(config)
   info = input_pipeline.dataset_info(config.data.data_dir)
   config_checks.check_splits(config, info)
+  shard_check.check_training_data(config.data)  # every split read: counts, sizes, checksums
   num_classes = config_checks.num_classes(config, info)
   os.makedirs(workdir, exist_ok=True)
   with _lock(workdir):
