@@ -48,6 +48,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # (False: 12-15% less CPU per video, but one reader per host). None: parallel for
   # remote shards (gs://, s3://, ...), whose latency it hides, in-thread for local ones.
   data.parallel_reads = ml_collections.FieldReference(None, field_type=bool)
+  # Training start-up verifies the SHA-256 checksums data_prep wrote into the manifest:
+  # "background" (a thread; a damaged shard stops training at the next batch), "now"
+  # (before training: one read of every shard), or "off". Counts and sizes are always checked.
+  data.verify_checksums = "background"
   return data
 
 

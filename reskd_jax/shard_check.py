@@ -187,9 +187,13 @@ def check_run_splits(data_dir: str, splits: Sequence[str], checksums: str = "bac
 def check_training_data(data_cfg, log=logging.info) -> Optional[threading.Thread]:
   """`check_run_splits` of the splits a training run reads (`data_cfg.train_split` and
   `eval_split`); `data_cfg.verify_checksums` (when set) picks the checksum mode."""
+  from reskd_jax.errors import ConfigError
+
   splits = [data_cfg.train_split, data_cfg.eval_split]
-  return check_run_splits(data_cfg.data_dir, splits,
-                          data_cfg.get("verify_checksums", "background"), log=log)
+  mode = data_cfg.get("verify_checksums", "background")
+  if mode not in CHECKSUM_MODES:
+    raise ConfigError(f"config.data.verify_checksums={mode!r}: expected one of {CHECKSUM_MODES}")
+  return check_run_splits(data_cfg.data_dir, splits, mode, log=log)
 
 
 def _verify(to_hash) -> List[str]:

@@ -546,3 +546,13 @@ def test_training_start_up_runs_the_check(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(train, "_train", lambda *a: pytest.fail("training started"))
   with pytest.raises(DataError, match="split 'val' .*num_videos is 3 but its shards hold 2"):
     train.train_and_evaluate(config, str(tmp_path / "work"))
+  # counts repaired, an evaluation shard damaged in place: "now" names it before training
+  manifest["splits"]["val"]["num_videos"] = 2
+  (out / "manifest.json").write_text(json.dumps(manifest))
+  bad = out / "val" / manifest["splits"]["val"]["shards"][0]
+  data = bytearray(bad.read_bytes())
+  data[-20] ^= 0xFF
+  bad.write_bytes(bytes(data))
+  config.data.verify_checksums = "now"
+  with pytest.raises(DataError, match=f"damaged shard {bad} \\(SHA-256"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
