@@ -6,9 +6,10 @@ contiguous runs), so a rerun builds the same shards. Each shard is written to
 `.<shard>.json` (renamed just before the shard) records its count, its skipped
 and partial items, a fingerprint of its items and options, and the written
 file's size and SHA-256 checksum. A rerun keeps every shard whose sidecar
-fingerprint matches, whose skipped and partial items' sources are unchanged on disk and
-whose file still has the recorded size and checksum (a shard cut short or
-damaged since is written again), and rewrites the others.
+fingerprint matches, whose items' sources are unchanged on disk (the sidecar records
+each one's size and modification time, see `sources.source_state`) and whose file
+still has the recorded size and checksum (a shard cut short or damaged since is
+written again), and rewrites the others, saying why.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def check(task: ShardTask) -> Tuple[Optional[dict], Optional[str]]:
   by_id = {i.video_id: i for i in task.items}
   for s in side.get("skipped", []) + side.get("partial", []):
     item = by_id.get(s.get("item"))
-    if item is None or source_state(item) != s.get("state"):
-      return None, None  # a bad source was fixed (or replaced): convert the shard again
+    if item is None:
+      return None, None
+    if source_state(item) != s.get("state"):  # a bad source was fixed (or replaced)
+      return None, f"source of {s.get('item')} (skipped or partial) changed since it was written"
   changed = changed_sources(task, side)
   if changed:
     return None, changed

@@ -8,9 +8,15 @@ resize rule (mmcv ``rescale_size``, short side exact).
 
 Incomplete sources are told apart from unreadable ones: a frame folder with
 gaps in its numbering (or fewer frames than its annotation says), or a video
-that decodes fewer frames than its container declares or fails part way,
-raises :class:`PartialVideo` (after the frames that could be read, or at
-once for a folder unless ``FrameOptions.allow_partial``).
+that falls short of the length its container declares (see
+:func:`completeness_problem`: its frame count, else its duration, judged by
+timestamps) or fails part way, raises :class:`PartialVideo` (after the frames
+that could be read, or at once for a folder unless
+``FrameOptions.allow_partial``).
+
+Frames come out as players show them: a video's display rotation (display
+matrix side data) is applied (``FrameOptions.autorotate``), and high bit depth
+images are scaled to 8 bits (:func:`to_rgb8`).
 """
 
 from __future__ import annotations
