@@ -25,7 +25,8 @@ import dataclasses
 import math
 import os
 import re
-from typing import Iterator, List, Optional, Tuple
+import struct
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -245,16 +246,37 @@ def completeness_problem(path: str, container, stream, decoded: int,
   return None
 
 
-def _rotated(img: Image.Image, degrees: float) -> Image.Image:
-  """`img` as shown by a player honouring a display rotation of `degrees` (counter-clockwise,
-  PyAV's `VideoFrame.rotation`)."""
-  quarter = int(round(degrees / 90.0)) % 4
-  if quarter == 1:
-    return img.transpose(Image.Transpose.ROTATE_90)
-  if quarter == 2:
-    return img.transpose(Image.Transpose.ROTATE_180)
-  if quarter == 3:
-    return img.transpose(Image.Transpose.ROTATE_270)
+def display_matrix(frame) -> Optional[Tuple[int, ...]]:
+  """The frame's display matrix (9 int32, 16.16 fixed point), None when it has none."""
+  for data in frame.side_data:
+    if "DISPLAYMATRIX" in str(data.type):
+      raw = bytes(data)
+      return struct.unpack("<9i", raw[:36]) if len(raw) >= 36 else None
+  return None
+
+
+def display_transposes(rotation: float, matrix: Optional[Sequence[int]]) -> List:
+  """The PIL transposes that show a frame as players do (FFmpeg's autorotate: quarter
+  turns, and the mirroring a display matrix may add). `rotation`: PyAV's
+  `VideoFrame.rotation` (counter-clockwise degrees); `matrix`: see `display_matrix`."""
+  T = Image.Transpose
+  theta = (-int(round(rotation))) % 360  # clockwise, as FFmpeg's get_rotation
+  m = matrix or (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+  if abs(theta - 90) < 1:
+    return [T.TRANSPOSE if m[3] > 0 else T.ROTATE_270]
+  if abs(theta - 270) < 1:
+    return [T.TRANSVERSE if m[3] < 0 else T.ROTATE_90]
+  if abs(theta - 180) < 1:
+    return ([T.FLIP_LEFT_RIGHT] if m[0] < 0 else []) + ([T.FLIP_TOP_BOTTOM] if m[4] < 0 else [])
+  if theta < 1 or theta > 359:
+    return [T.FLIP_TOP_BOTTOM] if m[4] < 0 else []
+  return []  # not a quarter turn (rare): the stored pixels
+
+
+def _shown(img: Image.Image, frame) -> Image.Image:
+  """`img` (the decoded `frame`) as a player shows it."""
+  for transpose in display_transposes(frame.rotation, display_matrix(frame)):
+    img = img.transpose(transpose)
   return img
 
 
@@ -305,7 +327,7 @@ def video_frames(path: str, opts: FrameOptions) -> Iterator[Image.Image]:
             next_time += step
         n += 1
         img = to_rgb.reformat(frame, format="rgb24").to_image()
-        yield _rotated(img, frame.rotation) if opts.autorotate and frame.rotation else img
+        yield _shown(img, frame) if opts.autorotate and frame.side_data else img
     except VideoReadError:
       raise
     except Exception as e:  # noqa: BLE001  av.error.* for broken or truncated data

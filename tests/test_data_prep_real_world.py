@@ -19,7 +19,6 @@ import time
 import av
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from data_helpers import make_frames, put_frames, put_video, read_records
@@ -145,7 +144,7 @@ def test_16_bit_png_frames_are_scaled_and_10_bit_video_still_works(tmp_path, cap
 
 
 # ----------------------------------------------------------------------------- 3
-def rotated_video(path, degrees):
+def rotated_video(path, degrees, hflip=False):
   """A real mp4 whose stream carries display matrix side data (a phone held upright);
   its stored 64x48 frames have a red block at the top-left corner."""
   frame = np.full((48, 64, 3), 90, np.uint8)
@@ -154,7 +153,7 @@ def rotated_video(path, degrees):
     s = c.add_stream("libx264", rate=8)
     s.width, s.height, s.pix_fmt = 64, 48, "yuv444p"
     s.options = {"qp": "0"}
-    s.set_display_rotation(degrees)
+    s.set_display_rotation(degrees, hflip=hflip)
     for _ in range(4):
       for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
         c.mux(p)
@@ -167,9 +166,12 @@ def test_display_rotation_is_applied_as_players_do(tmp_path, capsys):
   src.mkdir()
   rotated_video(str(src / "ccw.mp4"), 90)    # shown turned 90 degrees counter-clockwise
   rotated_video(str(src / "cw.mp4"), -90)    # an upright iPhone video: 90 clockwise
+  rotated_video(str(src / "mirror.mp4"), 0, hflip=True)  # a front camera's mirror image
+  rotated_video(str(src / "ccw_mirror.mp4"), 90, hflip=True)  # turned, then mirrored
   with av.open(str(src / "ccw.mp4")) as c:
     assert next(c.decode(video=0)).rotation == 90  # the side data is really in the file
-  code, _, _ = minik(capsys, tmp_path, ["ccw.mp4 0", "cw.mp4 0"], src)
+  code, _, _ = minik(capsys, tmp_path, ["ccw.mp4 0", "cw.mp4 0", "mirror.mp4 0",
+                                        "ccw_mirror.mp4 0"], src)
   assert code == 0
   _, got = read_records(tmp_path / "out", "train")
   red = lambda f, y, x: f[y, x, 0] > 200 and f[y, x, 1] < 60  # noqa: E731
@@ -177,6 +179,9 @@ def test_display_rotation_is_applied_as_players_do(tmp_path, capsys):
   assert ccw.shape == cw.shape == (4, 64, 48, 3)  # portrait, as a player shows it
   assert red(ccw[0], 58, 4) and not red(ccw[0], 4, 4)   # top-left went to bottom-left
   assert red(cw[0], 4, 42) and not red(cw[0], 4, 4)     # top-left went to top-right
+  mirror, ccw_mirror = got["mirror"][1], got["ccw_mirror"][1]
+  assert mirror.shape == (4, 48, 64, 3) and red(mirror[0], 4, 58) and not red(mirror[0], 4, 4)
+  assert ccw_mirror.shape == (4, 64, 48, 3) and red(ccw_mirror[0], 58, 42)  # bottom-right
   # --no-autorotate keeps the stored pixels
   code, _, _ = minik(capsys, tmp_path, ["ccw.mp4 0"], src, "raw", "--no-autorotate")
   assert code == 0
