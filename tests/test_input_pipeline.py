@@ -249,47 +249,55 @@ def _frame(video, frame, hw):
   return tf.io.encode_jpeg(img, quality=95).numpy()
 
 
-def _serialize(video, truncate_frame=None):
+def _video(video, truncate_frame=None):
+  """ShardWriter.write's arguments for one toy video (a frame cut short: a corrupt one)."""
   n, labels, hw = VIDEOS[video]
   frames = [_frame(video, f, hw) for f in range(n)]
   if truncate_frame is not None:
     frames[truncate_frame] = frames[truncate_frame][:len(frames[truncate_frame]) // 2]
-  return records.make_sequence_example(
-      f"vid{video}" if truncate_frame is None else "vid_bad", frames, labels,
-      [f"c{l}" for l in labels], hw[0], hw[1])
+  return (f"vid{video}" if truncate_frame is None else "vid_bad", frames, labels,
+          [f"c{l}" for l in labels], hw[0], hw[1])
 
 
-def _write_split(root, split, groups, manifest):
+def _write_split(root, split, groups, manifest, layout):
   os.makedirs(os.path.join(root, split), exist_ok=True)
   names = []
   for i, group in enumerate(groups):
     name = records.shard_name(split, i, len(groups))
-    with tf.io.TFRecordWriter(os.path.join(root, split, name)) as writer:
-      for serialized in group:
-        writer.write(serialized)
+    with records.ShardWriter(os.path.join(root, split, name), layout) as writer:
+      for video in group:
+        writer.write(*video)
     names.append(name)
   manifest["splits"][split] = {"num_videos": sum(len(g) for g in groups), "shards": names,
-                               "skipped": []}
+                               "skipped": [], "layout": layout}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("toy"))
+def write_toy_dataset(root, layout):
+  """The toy data set in `layout` (the same videos and shards in either)."""
   manifest = {"dataset": "toy", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
               "multi_label": True, "splits": {}}
-  ser = {v: _serialize(v) for v in VIDEOS}
-  _write_split(root, "train", [[ser[v] for v in VIDEOS if v % 4 == s] for s in range(4)],
-               manifest)
-  _write_split(root, "val", [[ser[v] for v in VIDEOS if v % 3 == s] for s in range(3)],
-               manifest)
-  _write_split(root, "one", [[ser[v] for v in VIDEOS]], manifest)
-  _write_split(root, "bad", [[ser[0], _serialize(2, truncate_frame=5)]], manifest)
+  vids = {v: _video(v) for v in VIDEOS}
+  _write_split(root, "train", [[vids[v] for v in VIDEOS if v % 4 == s] for s in range(4)],
+               manifest, layout)
+  _write_split(root, "val", [[vids[v] for v in VIDEOS if v % 3 == s] for s in range(3)],
+               manifest, layout)
+  _write_split(root, "one", [[vids[v] for v in VIDEOS]], manifest, layout)
+  _write_split(root, "bad", [[vids[0], _video(2, truncate_frame=5)]], manifest, layout)
   # Shards given relative to data_dir; manifest count lower than what the shard holds.
   manifest["splits"]["undercount"] = {"num_videos": 8, "shards": ["one/" + records.shard_name(
-      "one", 0, 1)], "skipped": []}
+      "one", 0, 1)], "skipped": [], "layout": layout}
+  if layout == records.LAYOUT_SEQUENCE:  # as written before the "frames" layout: no key
+    for entry in manifest["splits"].values():
+      del entry["layout"]
   with open(os.path.join(root, records.MANIFEST), "w") as f:
     json.dump(manifest, f)
   return root
+
+
+# Every end-to-end test runs on both stored layouts.
+@pytest.fixture(scope="module", params=[records.LAYOUT_FRAMES, records.LAYOUT_SEQUENCE])
+def data_dir(request, tmp_path_factory):
+  return write_toy_dataset(str(tmp_path_factory.mktemp(f"toy-{request.param}")), request.param)
 
 
 def _cfg(data_dir, **overrides) -> ml_collections.ConfigDict:
