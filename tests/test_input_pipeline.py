@@ -576,3 +576,78 @@ def test_resumed_stream_equals_uninterrupted_stream(data_dir):
   ids = np.concatenate([_decode_codes(b["video"])[1][:, 0] for b in full])
   assert sorted(ids[:10]) == list(range(10)) and sorted(ids[10:20]) == list(range(10))
   assert not np.array_equal(ids[:10], ids[10:20])
+
+
+# ----------------------------------------------------------------------------
+# The "frames" layout against the "sequence_example" one (the same videos).
+
+
+@pytest.fixture(scope="module")
+def both_layouts(tmp_path_factory):
+  return {layout: write_toy_dataset(str(tmp_path_factory.mktemp(f"both-{layout}")), layout)
+          for layout in (records.LAYOUT_SEQUENCE, records.LAYOUT_FRAMES)}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # TSN, MultiScaleCrop
+    {"sampling": "dense", "multiscale_crop": False, "shuffle_buffer": 1},
+    {"cache": True, "seed": 5},
+])
+def test_frames_layout_gives_the_same_training_batches(both_layouts, overrides):
+  """The same frame draws give the same batches, on one host and on each of two."""
+  overrides = dict(overrides)
+  seed = overrides.pop("seed", 0)
+  old, new = both_layouts[records.LAYOUT_SEQUENCE], both_layouts[records.LAYOUT_FRAMES]
+  for start_step in (0, 3):
+    chex.assert_trees_all_equal(
+        _take(_train(old, seed=seed, start_step=start_step, **overrides), 4),
+        _take(_train(new, seed=seed, start_step=start_step, **overrides), 4))
+  for split in ("train", "one"):  # hosts get whole shards / every other video
+    per_host = []
+    for index in range(2):
+      def make(data_dir):
+        return ip.create_dataset(_cfg(data_dir, **overrides), split, train=True, batch_size=2,
+                                 num_classes=NUM_CLASSES, seed=seed, process_index=index,
+                                 process_count=2)
+      got = _take(make(new), 5)
+      chex.assert_trees_all_equal(_take(make(old), 5), got)
+      per_host.append({int(v) for b in got for v in _decode_codes(b["video"])[1][:, 0]})
+    assert not per_host[0] & per_host[1]  # each video read by one process
+    assert per_host[0] | per_host[1] == set(VIDEOS)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"test_num_clips": 3, "test_num_crops": 3, "crop_size": 20},  # every view: 3 clips x 3 crops
+    {"sampling": "dense", "test_num_clips": 40},  # > 32 sampled frames: the unique/loop path
+])
+def test_frames_layout_gives_the_same_eval_views(both_layouts, overrides):
+  old, new = both_layouts[records.LAYOUT_SEQUENCE], both_layouts[records.LAYOUT_FRAMES]
+  for index, count in ((0, 1), (0, 2), (1, 2)):
+    want = list(_eval(old, index=index, count=count, **overrides).as_numpy_iterator())
+    got = list(_eval(new, index=index, count=count, **overrides).as_numpy_iterator())
+    assert len(got) == len(want)
+    chex.assert_trees_all_equal(want, got)
+
+
+def test_frames_layout_reads_only_the_sampled_frames(tmp_path):
+  """Damage a frame that one-frame TSN sampling never picks: training reads on unaware;
+  evaluation with every frame sampled stops with a line naming the file and the video."""
+  root = write_toy_dataset(str(tmp_path), records.LAYOUT_FRAMES)
+  shard = os.path.join(root, "one", records.shard_name("one", 0, 1))
+  first = next(records.iter_videos(shard, records.LAYOUT_FRAMES))
+  assert first["video_id"] == "vid0" and first["num_frames"] == VIDEOS[0][0]
+  offsets = [0]
+  for f in first["frames"]:
+    offsets.append(offsets[-1] + len(f))
+  frames_file = records.frames_path(shard)
+  with open(frames_file, "r+b") as f:  # the middle of frame 0: same size, other bytes
+    f.seek((offsets[0] + offsets[1]) // 2)
+    f.write(b"\x00\x01\x02\x03")
+  # n frames, 1 segment at test time: the centre frame n // 2 only.
+  batches = list(_eval(root, split="one", num_frames=1).as_numpy_iterator())
+  assert sum(int(b["mask"].sum()) for b in batches) == len(VIDEOS)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"(?s)damaged frames file in split one.*one-00000-of-00001\.frames"
+                           r".*vid0.*CRC-32.*\[0\]"):
+    list(_eval(root, split="one", num_frames=VIDEOS[0][0]).as_numpy_iterator())
