@@ -21,7 +21,7 @@ clips x 3 crops (10x3) at 256):
   train-tsn-8, train-tsn-16, train-dense-8, train-dense-16, eval-1x1, eval-10x3
 
 each with one tf.data thread (`--threads=1`) and with all cores. Clips of
-more than 250 frames come `--long-videos` per split (default 4), the others
+more than 64 frames come `--long-videos` per split (default 4), the others
 `--videos` (24). Storage per video of each layout is printed first. The first
 batch (graph building, shuffle buffer) is excluded. "videos/CPU-s" divides by
 the CPU time of the whole process (all threads), so it holds on a busy
@@ -119,14 +119,17 @@ def prepare(root: str, kind: str, num_videos: int, num_frames: int, splits) -> d
   done = (records.read_manifest(old)["splits"]
           if os.path.isfile(os.path.join(old, records.MANIFEST)) else {})
   for split in [s for s in splits if s not in done]:
-    rng = np.random.default_rng(0 if split == "train" else 1)
     print(f"writing {num_videos} H.264 videos of {num_frames} frames at {width}x{height} "
           f"({split}) and converting them (short side 256)...", flush=True)
     for i in range(num_videos):
       folder = os.path.join(out, "videos", split, CLASSES[i % len(CLASSES)])
       os.makedirs(folder, exist_ok=True)
-      write_h264(os.path.join(folder, f"{i:04d}.mp4"),
-                 synthetic_frames(rng, num_frames, height, width), height, width)
+      path = os.path.join(folder, f"{i:04d}.mp4")
+      frames = synthetic_frames(np.random.default_rng([i, split == "train"]), num_frames,
+                                height, width)
+      if not os.path.isfile(path):  # (videos of an interrupted run are kept)
+        write_h264(path + ".tmp.mp4", frames, height, width)
+        os.replace(path + ".tmp.mp4", path)
     convert_format("folder", None, os.path.join(out, "videos", split), old, split,
                    options=ConvertOptions(short_side=256, jpeg_quality=90,
                                           layout=records.LAYOUT_SEQUENCE),
@@ -211,9 +214,9 @@ def main(argv=None) -> int:
   p.add_argument("--clips", default=",".join(CLIPS), help=f"comma list of {list(CLIPS)}")
   p.add_argument("--only", default=",".join(PIPELINES), help=f"comma list of {PIPELINES}")
   p.add_argument("--threads", default="1,all", help="comma list: a number or 'all'")
-  p.add_argument("--videos", type=int, default=24, help="videos per split (clips <= 250 frames)")
+  p.add_argument("--videos", type=int, default=24, help="videos per split (clips <= 64 frames)")
   p.add_argument("--long-videos", type=int, default=4,
-                 help="videos per split of clips over 250 frames")
+                 help="videos per split of clips over 64 frames")
   p.add_argument("--lengths", default="64,250,1500", help="comma list: frames per video")
   p.add_argument("--layouts", default=",".join(LAYOUTS),
                  help=f"comma list of stored layouts to measure, each row alternating: {LAYOUTS}")
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     if layout not in LAYOUTS:
       p.error(f"unknown layout {layout!r}")
   splits = sorted({"train" if q.startswith("train") else "val" for q in pipelines})
-  dirs = {(k, n): prepare(args.workdir, k, args.long_videos if n > 250 else args.videos, n,
+  dirs = {(k, n): prepare(args.workdir, k, args.long_videos if n > 64 else args.videos, n,
                           splits)
           for k in kinds for n in lengths}
   print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; batches of "

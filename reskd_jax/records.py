@@ -221,21 +221,32 @@ def stored_frames(example):
 
 
 class _Files(threading.local):
-  """Open `.frames` files, per thread: local ones as descriptors read with os.pread,
+  """Open `.frames` files, per thread: local ones as descriptors read with os.pread
+  (reopened when the path names another file since, e.g. a shard data_prep rewrote),
   others (gs://, s3://, ...) as tf.io.gfile.GFile objects."""
 
   def __init__(self):
     self.open = {}
 
-  def read(self, path: str, start: int, size: int) -> bytes:
-    handle = self.open.get(path)
-    if handle is None:
-      if "://" in path:
+  def handle(self, path: str):
+    """An open handle of `path`; call once per video (a local file is stat'ed)."""
+    if "://" in path:
+      if path not in self.open:
         import tensorflow as tf
-        handle = tf.io.gfile.GFile(path, "rb")
-      else:
-        handle = os.open(path, os.O_RDONLY)
-      self.open[path] = handle
+        self.open[path] = tf.io.gfile.GFile(path, "rb")
+      return self.open[path]
+    stat = os.stat(path)
+    key = (stat.st_dev, stat.st_ino)
+    fd, opened = self.open.get(path, (None, None))
+    if opened != key:
+      if fd is not None:
+        os.close(fd)
+      fd = os.open(path, os.O_RDONLY)
+      self.open[path] = (fd, key)
+    return fd
+
+  @staticmethod
+  def read(handle, start: int, size: int) -> bytes:
     if isinstance(handle, int):
       return os.pread(handle, size, start)
     handle.seek(start)
@@ -249,9 +260,10 @@ def _read_frames_py(path, offsets, crc32, indices):
   path = path.decode() if isinstance(path, bytes) else str(path)
   out = np.empty(len(indices), dtype=object)
   ok = np.ones(len(indices), dtype=bool)
+  handle = _FILES.handle(path)
   for k, i in enumerate(indices):
     start, end = int(offsets[i]), int(offsets[i + 1])
-    data = _FILES.read(path, start, end - start)
+    data = _FILES.read(handle, start, end - start)
     out[k] = data
     ok[k] = len(data) == end - start and zlib.crc32(data) == (int(crc32[i]) & 0xFFFFFFFF)
   return out, ok
