@@ -1,8 +1,12 @@
-"""tf.data input pipeline: converted TFRecords (see `records`) -> uint8 video batches.
+"""tf.data input pipeline: converted shards (see `records`) -> uint8 video batches.
 
 What runs where
 ---------------
-* tf.data (host CPU): read shards (per host), TSN / dense frame sampling,
+* tf.data (host CPU): read shards (per host), TSN / dense frame sampling
+  and reading of the sampled frames only (data sets in the "frames" layout of
+  `records`: a video's small record, then its sampled JPEGs from the shard's
+  `.frames` file, so the cost of an example does not grow with the length of
+  its video; the older "sequence_example" layout is still read, whole),
   shuffle, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
   uint8. In training the frames are sampled as soon as a record is read, before
