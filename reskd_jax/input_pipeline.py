@@ -603,7 +603,13 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   layout = records.split_layout(entry)
   shard_check.check_sizes(files, entry.get("shard_bytes"))
   if layout == records.LAYOUT_FRAMES:
-    shard_check.check_sizes([records.frames_path(f) for f in files], entry.get("frames_bytes"))
+    frames_files = [records.frames_path(f) for f in files]
+    for path in frames_files:
+      if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"frames file {path!r} of split {split!r} not found (its "
+                                f"shard is in the \"frames\" layout); re-run data_prep for "
+                                f"{data_cfg.data_dir!r}")
+    shard_check.check_sizes(frames_files, entry.get("frames_bytes"))
   shard_check.register(files)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,

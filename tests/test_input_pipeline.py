@@ -24,6 +24,7 @@ from reskd_jax import augment
 from reskd_jax import input_pipeline as ip
 from reskd_jax import records
 from reskd_jax import sampling
+from reskd_jax.errors import DataError
 
 NUM_CLASSES = 12
 # video index -> (num_frames, labels, (height, width))
@@ -651,3 +652,20 @@ def test_frames_layout_reads_only_the_sampled_frames(tmp_path):
                      match=r"(?s)damaged frames file in split one.*one-00000-of-00001\.frames"
                            r".*vid0.*CRC-32.*\[0\]"):
     list(_eval(root, split="one", num_frames=VIDEOS[0][0]).as_numpy_iterator())
+
+
+def test_frames_layout_missing_or_cut_frames_file(tmp_path):
+  """A .frames file gone or cut short is named before anything is read."""
+  root = write_toy_dataset(str(tmp_path), records.LAYOUT_FRAMES)
+  manifest = records.read_manifest(root)
+  frames_file = records.frames_path(os.path.join(root, "one", records.shard_name("one", 0, 1)))
+  manifest["splits"]["one"]["frames_bytes"] = [os.path.getsize(frames_file)]
+  with open(os.path.join(root, records.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  with open(frames_file, "r+b") as f:
+    f.truncate(os.path.getsize(frames_file) - 10)
+  with pytest.raises(DataError, match=r"damaged shard .*one-00000-of-00001\.frames"):
+    _eval(root, split="one")
+  os.remove(frames_file)
+  with pytest.raises(FileNotFoundError, match=r"one-00000-of-00001\.frames.*re-run data_prep"):
+    _eval(root, split="one")
