@@ -152,6 +152,10 @@ def convert(annotations: Annotations, out_dir: str, split: str,
         _remove_shards(split_dir, shards, split_created)  # no 0-video shards left behind
     else:
       _remove_stale_shards(split_dir, split, set(shards), log)
+      if options.layout != LAYOUT_FRAMES:  # .frames files of an earlier conversion's layout
+        for name in shards:
+          if os.path.exists(frames_path(os.path.join(split_dir, name))):
+            os.remove(frames_path(os.path.join(split_dir, name)))
       # Per-shard counts (results are in task order) let every host of a multi-host
       # run know its epoch length, for exact resumption; per-shard byte sizes let the
       # reader name a shard that was cut short.
