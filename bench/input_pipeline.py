@@ -20,9 +20,11 @@ clips x 3 crops (10x3) at 256):
 
   train-tsn-8, train-tsn-16, train-dense-8, train-dense-16, eval-1x1, eval-10x3
 
-each with one tf.data thread (`--threads=1`) and with all cores. Clips of
-more than 64 frames come `--long-videos` per split (default 4), the others
-`--videos` (24). Storage per video of each layout is printed first. The first
+each with one tf.data thread (`--threads=1`) and with all cores. Every data
+set has `--videos` clips per split (24); for clips over 64 frames only
+`--long-videos` (4) distinct ones are generated and converted, and copied at
+the record level (JPEGs unchanged) to make up the number, which keeps
+generation short while every data set has epochs of the same length. Storage per video of each layout is printed first. The first
 batch (graph building, shuffle buffer) is excluded. "videos/CPU-s" divides by
 the CPU time of the whole process (all threads), so it holds on a busy
 machine where wall-clock videos/s does not; videos/s is only meaningful on a
@@ -31,6 +33,7 @@ frames, crops of 112 at short side 128).
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -108,39 +111,82 @@ def write_h264(path: str, frames, height: int, width: int) -> None:
       container.mux(packet)
 
 
-def prepare(root: str, kind: str, num_videos: int, num_frames: int, splits) -> dict:
-  """Videos of `kind` under root/<kind>-<n>x<frames>/videos, converted to records-<layout>
-  for each of `LAYOUTS` (reused): {layout: data_dir}. The "frames" copy is the converted
-  one repacked (`data_prep repack`), so both hold the same JPEGs."""
-  out = os.path.join(root, f"{kind}-{num_videos}x{num_frames}")
-  dirs = {layout: os.path.join(out, f"records-{layout}") for layout in LAYOUTS}
+def prepare(root: str, kind: str, distinct: int, num_videos: int, num_frames: int,
+            splits) -> dict:
+  """{layout: data_dir} of `num_videos` clips of `kind` per split in each of `LAYOUTS`
+  (reused when there).
+
+  `distinct` H.264 videos are written (root/<kind>-<distinct>x<frames>/videos) and
+  converted (records-converted, "sequence_example" layout), then copied at the record
+  level, JPEGs unchanged, to `num_videos` per split (records-sequence_example-<n>v;
+  copies get new video ids), then repacked to the "frames" layout
+  (records-frames-<n>v, `data_prep repack`), so both layouts hold the same JPEGs.
+  """
+  out = os.path.join(root, f"{kind}-{distinct}x{num_frames}")
+  converted = os.path.join(out, "records-converted")
+  dirs = {layout: os.path.join(out, f"records-{layout}-{num_videos}v") for layout in LAYOUTS}
   old = dirs[records.LAYOUT_SEQUENCE]
   height, width = CLIPS[kind]
-  done = (records.read_manifest(old)["splits"]
-          if os.path.isfile(os.path.join(old, records.MANIFEST)) else {})
-  for split in [s for s in splits if s not in done]:
-    print(f"writing {num_videos} H.264 videos of {num_frames} frames at {width}x{height} "
-          f"({split}) and converting them (short side 256)...", flush=True)
-    for i in range(num_videos):
-      folder = os.path.join(out, "videos", split, CLASSES[i % len(CLASSES)])
-      os.makedirs(folder, exist_ok=True)
-      path = os.path.join(folder, f"{i:04d}.mp4")
-      frames = synthetic_frames(np.random.default_rng([i, split == "train"]), num_frames,
-                                height, width)
-      if not os.path.isfile(path):  # (videos of an interrupted run are kept)
-        write_h264(path + ".tmp.mp4", frames, height, width)
-        os.replace(path + ".tmp.mp4", path)
-    convert_format("folder", None, os.path.join(out, "videos", split), old, split,
-                   options=ConvertOptions(short_side=256, jpeg_quality=90,
-                                          layout=records.LAYOUT_SEQUENCE),
-                   num_shards=4, workers=1, log=lambda _: None)
+  for split in splits:
+    if split not in _splits(converted):
+      print(f"writing {distinct} H.264 videos of {num_frames} frames at {width}x{height} "
+            f"({split}) and converting them (short side 256)...", flush=True)
+      for i in range(distinct):
+        folder = os.path.join(out, "videos", split, CLASSES[i % len(CLASSES)])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{i:04d}.mp4")
+        frames = synthetic_frames(np.random.default_rng([i, split == "train"]), num_frames,
+                                  height, width)
+        if not os.path.isfile(path):  # (videos of an interrupted run are kept)
+          write_h264(path + ".tmp.mp4", frames, height, width)
+          os.replace(path + ".tmp.mp4", path)
+      convert_format("folder", None, os.path.join(out, "videos", split), converted, split,
+                     options=ConvertOptions(short_side=256, jpeg_quality=90,
+                                            layout=records.LAYOUT_SEQUENCE),
+                     num_shards=min(4, distinct), workers=1, log=lambda _: None)
+    if split not in _splits(old):
+      _copy_videos(converted, old, split, num_videos)
   new = dirs[records.LAYOUT_FRAMES]
-  if set(records.read_manifest(old)["splits"]) != set(
-      records.read_manifest(new)["splits"] if os.path.isfile(
-          os.path.join(new, records.MANIFEST)) else ()):
+  if _splits(old) != _splits(new):
     shutil.rmtree(new, ignore_errors=True)
     repack(old, new, records.LAYOUT_FRAMES, log=lambda _: None)
   return dirs
+
+
+def _splits(data_dir: str) -> set:
+  if not os.path.isfile(os.path.join(data_dir, records.MANIFEST)):
+    return set()
+  return set(records.read_manifest(data_dir)["splits"])
+
+
+def _copy_videos(src: str, dst: str, split: str, num_videos: int, num_shards: int = 4):
+  """`split` of `src` written to `dst` ("sequence_example" layout) with its videos
+  repeated, at the record level, to `num_videos` (the copies named <video_id>~<k>)."""
+  manifest = records.read_manifest(src)
+  entry = manifest["splits"][split]
+  videos = [v for shard in entry["shards"] for v in records.iter_videos(
+      os.path.join(src, split, shard), records.split_layout(entry))]
+  names, sizes, sizes_bytes = [], [], []
+  os.makedirs(os.path.join(dst, split), exist_ok=True)
+  for k in range(num_shards):
+    names.append(records.shard_name(split, k, num_shards))
+    path = os.path.join(dst, split, names[-1])
+    chosen = range(k * num_videos // num_shards, (k + 1) * num_videos // num_shards)
+    with records.ShardWriter(path, records.LAYOUT_SEQUENCE) as writer:
+      for j in chosen:
+        v = videos[j % len(videos)]
+        copy = j // len(videos)
+        writer.write(v["video_id"] + (f"~{copy}" if copy else ""), v["frames"], v["labels"],
+                     v["label_names"], v["height"], v["width"])
+    sizes.append(len(chosen))
+    sizes_bytes.append(os.path.getsize(path))
+  out = (records.read_manifest(dst) if _splits(dst) else
+         dict(manifest, splits={}))
+  out["splits"][split] = {"num_videos": num_videos, "layout": records.LAYOUT_SEQUENCE,
+                          "shards": names, "shard_sizes": sizes, "shard_bytes": sizes_bytes,
+                          "skipped": []}
+  with open(os.path.join(dst, records.MANIFEST), "w") as f:
+    json.dump(out, f, indent=1)
 
 
 def storage(data_dir: str) -> tuple:
@@ -214,9 +260,10 @@ def main(argv=None) -> int:
   p.add_argument("--clips", default=",".join(CLIPS), help=f"comma list of {list(CLIPS)}")
   p.add_argument("--only", default=",".join(PIPELINES), help=f"comma list of {PIPELINES}")
   p.add_argument("--threads", default="1,all", help="comma list: a number or 'all'")
-  p.add_argument("--videos", type=int, default=24, help="videos per split (clips <= 64 frames)")
+  p.add_argument("--videos", type=int, default=24, help="videos per split")
   p.add_argument("--long-videos", type=int, default=4,
-                 help="videos per split of clips over 64 frames")
+                 help="distinct videos generated for clips over 64 frames (then copied to "
+                      "--videos per split, JPEGs unchanged)")
   p.add_argument("--lengths", default="64,250,1500", help="comma list: frames per video")
   p.add_argument("--layouts", default=",".join(LAYOUTS),
                  help=f"comma list of stored layouts to measure, each row alternating: {LAYOUTS}")
@@ -238,8 +285,8 @@ def main(argv=None) -> int:
     if layout not in LAYOUTS:
       p.error(f"unknown layout {layout!r}")
   splits = sorted({"train" if q.startswith("train") else "val" for q in pipelines})
-  dirs = {(k, n): prepare(args.workdir, k, args.long_videos if n > 64 else args.videos, n,
-                          splits)
+  dirs = {(k, n): prepare(args.workdir, k, min(args.videos, args.long_videos) if n > 64
+                          else args.videos, args.videos, n, splits)
           for k in kinds for n in lengths}
   print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; batches of "
         f"{args.batch_size}; decode_scale {args.decode_scale}; videos/CPU-s = videos per "
