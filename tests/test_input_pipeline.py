@@ -362,6 +362,16 @@ def test_dataset_info_and_errors(data_dir, tmp_path):
   with pytest.raises(ValueError, match="sampling"):
     ip.create_dataset(_cfg(data_dir, sampling="tsm"), "val", train=False, batch_size=2,
                       num_classes=NUM_CLASSES)
+  manifest = records.read_manifest(data_dir)
+  manifest["splits"]["val"]["layout"] = "columns"  # a layout this version does not know
+  manifest["splits"]["val"]["shards"] = [os.path.join(data_dir, "val", name) for name in
+                                         manifest["splits"]["val"]["shards"]]
+  os.makedirs(tmp_path / "newer", exist_ok=True)
+  with open(tmp_path / "newer" / records.MANIFEST, "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="unknown data layout 'columns'"):
+    ip.create_dataset(_cfg(str(tmp_path / "newer")), "val", train=False, batch_size=2,
+                      num_classes=NUM_CLASSES, process_index=0, process_count=1)
 
 
 def test_train_tsn_multiscale_end_to_end(data_dir):
