@@ -69,15 +69,18 @@ def split_layout(split_entry: Dict[str, Any]) -> str:
   return layout
 
 
-def _context(video_id, num_frames, labels, label_names, height, width):
+def _int(values):
   import tensorflow as tf  # local: keeps `import reskd_jax` light
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
-  def _int(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
-  def _bytes(values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+def _bytes(values):
+  import tensorflow as tf
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
+
+def _context(video_id, num_frames, labels, label_names, height, width):
+  """The per-video features both layouts share."""
   return {
       "video_id": _bytes([video_id.encode()]),
       "num_frames": _int([num_frames]),
@@ -85,7 +88,7 @@ def _context(video_id, num_frames, labels, label_names, height, width):
       "label_names": _bytes([n.encode() for n in label_names]),
       "height": _int([height]),
       "width": _int([width]),
-  }, _int, _bytes
+  }
 
 
 def make_sequence_example(video_id: str, jpeg_frames: Sequence[bytes], labels: Sequence[int],
@@ -93,7 +96,7 @@ def make_sequence_example(video_id: str, jpeg_frames: Sequence[bytes], labels: S
   """Serialises one video (already JPEG-encoded frames) in the "sequence_example" layout."""
   import tensorflow as tf
 
-  feature, _, _bytes = _context(video_id, len(jpeg_frames), labels, label_names, height, width)
+  feature = _context(video_id, len(jpeg_frames), labels, label_names, height, width)
   frames = tf.train.FeatureList(feature=[_bytes([f]) for f in jpeg_frames])
   example = tf.train.SequenceExample(
       context=tf.train.Features(feature=feature),
@@ -108,7 +111,7 @@ def make_index_example(video_id: str, jpeg_frames: Sequence[bytes], first_offset
   of the shard's `.frames` file (written there one after another)."""
   import tensorflow as tf
 
-  feature, _int, _ = _context(video_id, len(jpeg_frames), labels, label_names, height, width)
+  feature = _context(video_id, len(jpeg_frames), labels, label_names, height, width)
   offsets = np.cumsum([first_offset] + [len(f) for f in jpeg_frames])
   feature["frame_offsets"] = _int(int(o) for o in offsets)
   feature["frame_crc32"] = _int(zlib.crc32(f) for f in jpeg_frames)
