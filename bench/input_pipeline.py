@@ -1,11 +1,15 @@
 """Throughput of the tf.data input pipeline, in videos/s and videos per CPU-second.
 
-  python bench/input_pipeline.py                  # the full table (a few minutes)
-  python bench/input_pipeline.py --only=train-tsn-8 --clips=hd --threads=1
+  python bench/input_pipeline.py                  # the full table (a long while)
+  python bench/input_pipeline.py --only=train-tsn-8 --clips=hd --threads=1 --lengths=64,250,1500
 
 Generates real encoded videos with PyAV (H.264, yuv420p, lossy as downloaded
-clips are) at two sizes, converts them with `data_prep` (`folder` format,
-short side 256, JPEG quality 90) and runs `reskd_jax.input_pipeline` on them:
+clips are) at two sizes and three lengths (64 frames, 250 = 10 s at 25 fps,
+1500 = a minute), converts them with `data_prep` (`folder` format, short side
+256, JPEG quality 90) in both stored layouts of `reskd_jax.records` (the
+"sequence_example" layout converted, then repacked to "frames" with
+`data_prep repack`: the same JPEGs) and runs `reskd_jax.input_pipeline` on
+them, the two layouts measured one after the other for each row:
 
   340x256   Kinetics' typical size, stored unchanged;
   hd        1280x720 (16:9) sources, stored at short side 256 (455x256).
@@ -16,7 +20,11 @@ clips x 3 crops (10x3) at 256):
 
   train-tsn-8, train-tsn-16, train-dense-8, train-dense-16, eval-1x1, eval-10x3
 
-each with one tf.data thread (`--threads=1`) and with all cores. The first
+each with one tf.data thread (`--threads=1`) and with all cores. Every data
+set has `--videos` clips per split (24); for clips over 64 frames only
+`--long-videos` (4) distinct ones are generated and converted, and copied at
+the record level (JPEGs unchanged) to make up the number, which keeps
+generation short while every data set has epochs of the same length. Storage per video of each layout is printed first. The first
 batch (graph building, shuffle buffer) is excluded. "videos/CPU-s" divides by
 the CPU time of the whole process (all threads), so it holds on a busy
 machine where wall-clock videos/s does not; videos/s is only meaningful on a
@@ -25,7 +33,9 @@ frames, crops of 112 at short side 128).
 """
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -39,21 +49,35 @@ import tensorflow as tf  # noqa: E402
 
 from configs import default  # noqa: E402
 from data_prep import ConvertOptions, convert_format  # noqa: E402
+from data_prep.repack import repack  # noqa: E402
 from reskd_jax import input_pipeline, records  # noqa: E402
 
 CLIPS = {"340x256": (256, 340), "hd": (720, 1280)}  # name -> source (height, width)
+LAYOUTS = (records.LAYOUT_SEQUENCE, records.LAYOUT_FRAMES)
+_PERIOD = 16  # distinct frames generated per clip (0.13 s each); the others repeat them, shifted
 PIPELINES = ("train-tsn-8", "train-tsn-16", "train-dense-8", "train-dense-16", "eval-1x1",
              "eval-10x3")
 CLASSES = ("a", "b", "c", "d")
 FPS = 25
 
 
-def synthetic_frames(rng: np.random.Generator, num: int, height: int, width: int) -> np.ndarray:
-  """(num, h, w, 3) uint8: a textured background, moving shapes and sensor noise.
+def synthetic_frames(rng: np.random.Generator, num: int, height: int, width: int):
+  """`num` (h, w, 3) uint8 frames: a textured background, moving shapes and sensor noise.
 
   Enough detail that JPEG sizes (and decoding cost) resemble real footage,
-  unlike flat test patterns.
+  unlike flat test patterns. Frames past the first 16 repeat those, shifted
+  sideways by 8 pixels per repetition (yielded one by one), so that long clips
+  are quick to generate.
   """
+  frames = _distinct_frames(rng, min(num, _PERIOD), height, width)
+  for t in range(num):
+    if t < _PERIOD:
+      yield frames[t]
+    else:
+      yield np.roll(frames[t % _PERIOD], 8 * (t // _PERIOD), axis=1)
+
+
+def _distinct_frames(rng, num, height, width):
   y, x = np.mgrid[:height, :width].astype(np.float32)
   freqs = rng.uniform(0.01, 0.08, size=(3, 2)).astype(np.float32)
   phase = rng.uniform(0, 6.28, size=3).astype(np.float32)
@@ -74,10 +98,10 @@ def synthetic_frames(rng: np.random.Generator, num: int, height: int, width: int
   return frames
 
 
-def write_h264(path: str, frames: np.ndarray) -> None:
+def write_h264(path: str, frames, height: int, width: int) -> None:
   with av.open(path, "w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=FPS)
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.width, stream.height = width, height
     stream.pix_fmt = "yuv420p"
     stream.options = {"crf": "23", "preset": "veryfast"}
     for f in frames:
@@ -87,29 +111,98 @@ def write_h264(path: str, frames: np.ndarray) -> None:
       container.mux(packet)
 
 
-def prepare(root: str, kind: str, num_videos: int, num_frames: int) -> str:
-  """Videos of `kind` under root/<kind>/videos, converted to root/<kind>/records (reused)."""
-  out = os.path.join(root, f"{kind}-{num_videos}x{num_frames}")
-  data_dir = os.path.join(out, "records")
-  if os.path.isfile(os.path.join(data_dir, records.MANIFEST)):
-    return data_dir
+def prepare(root: str, kind: str, distinct: int, num_videos: int, num_frames: int,
+            splits) -> dict:
+  """{layout: data_dir} of `num_videos` clips of `kind` per split in each of `LAYOUTS`
+  (reused when there).
+
+  `distinct` H.264 videos are written (root/<kind>-<distinct>x<frames>/videos) and
+  converted (records-converted, "sequence_example" layout), then copied at the record
+  level, JPEGs unchanged, to `num_videos` per split (records-sequence_example-<n>v;
+  copies get new video ids), then repacked to the "frames" layout
+  (records-frames-<n>v, `data_prep repack`), so both layouts hold the same JPEGs.
+  """
+  out = os.path.join(root, f"{kind}-{distinct}x{num_frames}")
+  converted = os.path.join(out, "records-converted")
+  dirs = {layout: os.path.join(out, f"records-{layout}-{num_videos}v") for layout in LAYOUTS}
+  old = dirs[records.LAYOUT_SEQUENCE]
   height, width = CLIPS[kind]
-  rng = np.random.default_rng(0)
-  print(f"writing {num_videos} H.264 videos of {num_frames} frames at {width}x{height} "
-        f"and converting them (short side 256)...", flush=True)
-  for split in ("train", "val"):
-    for i in range(num_videos):
-      folder = os.path.join(out, "videos", split, CLASSES[i % len(CLASSES)])
-      os.makedirs(folder, exist_ok=True)
-      write_h264(os.path.join(folder, f"{i:04d}.mp4"),
-                 synthetic_frames(rng, num_frames, height, width))
-    convert_format("folder", None, os.path.join(out, "videos", split), data_dir, split,
-                   options=ConvertOptions(short_side=256, jpeg_quality=90),
-                   num_shards=4, workers=1, log=lambda _: None)
-  return data_dir
+  for split in splits:
+    if split not in _splits(converted):
+      print(f"writing {distinct} H.264 videos of {num_frames} frames at {width}x{height} "
+            f"({split}) and converting them (short side 256)...", flush=True)
+      for i in range(distinct):
+        folder = os.path.join(out, "videos", split, CLASSES[i % len(CLASSES)])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{i:04d}.mp4")
+        frames = synthetic_frames(np.random.default_rng([i, split == "train"]), num_frames,
+                                  height, width)
+        if not os.path.isfile(path):  # (videos of an interrupted run are kept)
+          write_h264(path + ".tmp.mp4", frames, height, width)
+          os.replace(path + ".tmp.mp4", path)
+      convert_format("folder", None, os.path.join(out, "videos", split), converted, split,
+                     options=ConvertOptions(short_side=256, jpeg_quality=90,
+                                            layout=records.LAYOUT_SEQUENCE),
+                     num_shards=min(4, distinct), workers=1, log=lambda _: None)
+    if split not in _splits(old):
+      _copy_videos(converted, old, split, num_videos)
+  new = dirs[records.LAYOUT_FRAMES]
+  if _splits(old) != _splits(new):
+    shutil.rmtree(new, ignore_errors=True)
+    repack(old, new, records.LAYOUT_FRAMES, log=lambda _: None)
+  return dirs
 
 
-def data_config(data_dir: str, pipeline: str, decode_scale: int):
+def _splits(data_dir: str) -> set:
+  if not os.path.isfile(os.path.join(data_dir, records.MANIFEST)):
+    return set()
+  return set(records.read_manifest(data_dir)["splits"])
+
+
+def _copy_videos(src: str, dst: str, split: str, num_videos: int, num_shards: int = 4):
+  """`split` of `src` written to `dst` ("sequence_example" layout) with its videos
+  repeated, at the record level, to `num_videos` (the copies named <video_id>~<k>)."""
+  manifest = records.read_manifest(src)
+  entry = manifest["splits"][split]
+  videos = [v for shard in entry["shards"] for v in records.iter_videos(
+      os.path.join(src, split, shard), records.split_layout(entry))]
+  names, sizes, sizes_bytes = [], [], []
+  os.makedirs(os.path.join(dst, split), exist_ok=True)
+  for k in range(num_shards):
+    names.append(records.shard_name(split, k, num_shards))
+    path = os.path.join(dst, split, names[-1])
+    chosen = range(k * num_videos // num_shards, (k + 1) * num_videos // num_shards)
+    with records.ShardWriter(path, records.LAYOUT_SEQUENCE) as writer:
+      for j in chosen:
+        v = videos[j % len(videos)]
+        copy = j // len(videos)
+        writer.write(v["video_id"] + (f"~{copy}" if copy else ""), v["frames"], v["labels"],
+                     v["label_names"], v["height"], v["width"])
+    sizes.append(len(chosen))
+    sizes_bytes.append(os.path.getsize(path))
+  out = (records.read_manifest(dst) if _splits(dst) else
+         dict(manifest, splits={}))
+  out["splits"][split] = {"num_videos": num_videos, "layout": records.LAYOUT_SEQUENCE,
+                          "shards": names, "shard_sizes": sizes, "shard_bytes": sizes_bytes,
+                          "skipped": []}
+  with open(os.path.join(dst, records.MANIFEST), "w") as f:
+    json.dump(out, f, indent=1)
+
+
+def storage(data_dir: str) -> tuple:
+  """(bytes per video, bytes per frame) of a converted data set, all its files."""
+  manifest = records.read_manifest(data_dir)
+  total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(data_dir)
+              for f in files)
+  videos = sum(int(e["num_videos"]) for e in manifest["splits"].values())
+  frames = sum(len(v["frames"]) for split in manifest["splits"] for shard in
+               manifest["splits"][split]["shards"] for v in records.iter_videos(
+                   os.path.join(data_dir, split, shard), records.split_layout(
+                       manifest["splits"][split])))
+  return total / videos, total / frames
+
+
+def data_config(data_dir: str, pipeline: str, decode_scale: int, num_frames: int = 64):
   cfg = default.get_data_config()
   cfg.data_dir = data_dir
   cfg.decode_scale = decode_scale
@@ -120,7 +213,7 @@ def data_config(data_dir: str, pipeline: str, decode_scale: int):
     cfg.sampling = sampling
     cfg.num_frames = frames
     cfg.clip_len = frames
-    cfg.frame_interval = 64 // frames
+    cfg.frame_interval = max(1, min(64, num_frames) // frames)
   else:
     clips, crops = (int(v) for v in rest[0].split("x"))
     cfg.test_num_clips, cfg.test_num_crops = clips, crops
@@ -130,9 +223,9 @@ def data_config(data_dir: str, pipeline: str, decode_scale: int):
 
 
 def measure(data_dir: str, pipeline: str, threads: int, batch_size: int, min_videos: int,
-            decode_scale: int = 1):
+            decode_scale: int = 1, num_frames: int = 64):
   """(videos/s, videos per CPU-second, videos measured) after one warm-up batch."""
-  cfg = data_config(data_dir, pipeline, decode_scale)
+  cfg = data_config(data_dir, pipeline, decode_scale, num_frames)
   train = pipeline.startswith("train")
   split = "train" if train else "val"
 
@@ -168,7 +261,12 @@ def main(argv=None) -> int:
   p.add_argument("--only", default=",".join(PIPELINES), help=f"comma list of {PIPELINES}")
   p.add_argument("--threads", default="1,all", help="comma list: a number or 'all'")
   p.add_argument("--videos", type=int, default=24, help="videos per split")
-  p.add_argument("--frames", type=int, default=64, help="frames per video")
+  p.add_argument("--long-videos", type=int, default=4,
+                 help="distinct videos generated for clips over 64 frames (then copied to "
+                      "--videos per split, JPEGs unchanged)")
+  p.add_argument("--lengths", default="64,250,1500", help="comma list: frames per video")
+  p.add_argument("--layouts", default=",".join(LAYOUTS),
+                 help=f"comma list of stored layouts to measure, each row alternating: {LAYOUTS}")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--min-videos", type=int, default=240, help="videos timed per measurement")
   p.add_argument("--decode-scale", type=int, default=1, choices=(1, 2, 4))
@@ -181,22 +279,40 @@ def main(argv=None) -> int:
     if name not in CLIPS and name not in PIPELINES:
       p.error(f"unknown clip kind or pipeline {name!r}")
   threads = [0 if t == "all" else int(t) for t in args.threads.split(",")]
-  dirs = {k: prepare(args.workdir, k, args.videos, args.frames) for k in kinds}
-  print(f"{os.cpu_count()} CPUs; batches of {args.batch_size}; decode_scale "
-        f"{args.decode_scale}; videos/CPU-s = videos per second of process CPU time")
-  print(f"{'pipeline':<16} {'clips':<8} {'stored':>8} {'threads':>7} {'videos/s':>9} "
-        f"{'videos/CPU-s':>12} {'frames/CPU-s':>12}")
+  lengths = [int(n) for n in args.lengths.split(",") if n]
+  layouts = [x for x in args.layouts.split(",") if x]
+  for layout in layouts:
+    if layout not in LAYOUTS:
+      p.error(f"unknown layout {layout!r}")
+  splits = sorted({"train" if q.startswith("train") else "val" for q in pipelines})
+  dirs = {(k, n): prepare(args.workdir, k, min(args.videos, args.long_videos) if n > 64
+                          else args.videos, args.videos, n, splits)
+          for k in kinds for n in lengths}
+  print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; batches of "
+        f"{args.batch_size}; decode_scale {args.decode_scale}; videos/CPU-s = videos per "
+        f"second of process CPU time")
+  print("storage (all splits converted):")
+  for (kind, n), by_layout in dirs.items():
+    for layout in layouts:
+      per_video, per_frame = storage(by_layout[layout])
+      print(f"  {kind:<8} {n:>5} frames  {layout:<16} {per_video / 2**20:8.2f} MiB/video "
+            f"{per_frame / 2**10:7.1f} KiB/frame")
+  print(f"{'pipeline':<16} {'clips':<8} {'stored':>8} {'frames':>6} {'layout':<16} "
+        f"{'threads':>7} {'videos/s':>9} {'videos/CPU-s':>12} {'frames/CPU-s':>12}")
   for pipeline in pipelines:
     for kind in kinds:
       stored = "340x256" if kind == "340x256" else "455x256"
-      for t in threads:
-        cfg = data_config(dirs[kind], pipeline, args.decode_scale)
-        per_video = (input_pipeline.frames_per_clip(cfg) * (1 if pipeline.startswith("train")
-                                                             else cfg.test_num_clips))
-        vps, vpc, _ = measure(dirs[kind], pipeline, t, args.batch_size, args.min_videos,
-                              args.decode_scale)
-        print(f"{pipeline:<16} {kind:<8} {stored:>8} {t or 'all':>7} {vps:>9.1f} {vpc:>12.1f} "
-              f"{vpc * per_video:>12.0f}", flush=True)
+      for n in lengths:
+        for t in threads:
+          for layout in layouts:
+            data_dir = dirs[(kind, n)][layout]
+            cfg = data_config(data_dir, pipeline, args.decode_scale, n)
+            per_video = (input_pipeline.frames_per_clip(cfg) *
+                         (1 if pipeline.startswith("train") else cfg.test_num_clips))
+            vps, vpc, _ = measure(data_dir, pipeline, t, args.batch_size, args.min_videos,
+                                  args.decode_scale, n)
+            print(f"{pipeline:<16} {kind:<8} {stored:>8} {n:>6} {layout:<16} {t or 'all':>7} "
+                  f"{vps:>9.1f} {vpc:>12.1f} {vpc * per_video:>12.0f}", flush=True)
   return 0
 
 

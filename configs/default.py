@@ -43,7 +43,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   # every model sees 112 px (a baseline student, a student evaluated alone),
   # never a teacher at 224.
   data.decode_scale = 1
-  data.cache = False  # keep the parsed records (all JPEG frames) in memory (small data sets)
+  # Keep the parsed records in memory (small data sets). In the "frames" layout these are the
+  # small per-video records only: the sampled frames are still read from the .frames files.
+  data.cache = False
   # Shards read by parallel background threads (True) or by the thread that parses them
   # (False: 12-15% less CPU per video, but one reader per host). None: parallel for
   # remote shards (gs://, s3://, ...), whose latency it hides, in-thread for local ones.

@@ -8,16 +8,21 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
+from reskd_jax.records import LAYOUT_FRAMES, LAYOUTS
+
 from data_prep.annotations import FORMATS
 from data_prep.converter import convert_format
 from data_prep.demo_data import prepare_demo
 from data_prep.encode import ConvertOptions
 from data_prep.items import ConversionError
+from data_prep.repack import repack
 
 DESCRIPTION = """\
-Convert a video data set to the TFRecord layout read by reskd_jax
-(<out>/manifest.json, <out>/<split>/<split>-00000-of-000NN.tfrecord): one
-SequenceExample per video, frames resized to --short-side and JPEG encoded.
+Convert a video data set to the layout read by reskd_jax (<out>/manifest.json,
+<out>/<split>/<split>-00000-of-000NN.tfrecord and .frames): frames resized to
+--short-side and JPEG encoded, each shard's JPEGs in its .frames file and one
+small record per video locating them, so training reads only the frames it
+samples.
 
 Run once per split into the same --out (the manifest keeps every split; the
 second split reuses the first one's class list, and stops before any work when
@@ -124,6 +129,14 @@ def _add_convert_args(p: argparse.ArgumentParser, fmt: str):
                    help="keep every N-th frame (default 1: all)")
   sub.add_argument("--fps", type=_positive_float, default=None,
                    help="video files: keep frames at about F per second (long untrimmed videos)")
+  p.add_argument("--max-frames", type=_non_negative, default=0,
+                 help="keep at most N frames per video, spread uniformly (the centre frame of "
+                      "N equal segments); 0 (default): all. Bounds storage of long untrimmed "
+                      "videos; training then samples among these N only")
+  p.add_argument("--layout", choices=LAYOUTS, default=LAYOUT_FRAMES,
+                 help="stored layout (default frames: a shard's JPEGs in a .frames file, read "
+                      "frame by frame; sequence_example: every frame inside its video's "
+                      "record, the layout before format 3)")
   p.add_argument("--jpeg-quality", type=_quality, default=90, help="JPEG quality (default 90)")
   p.add_argument("--filename-tmpl", default="img_{:05d}.jpg",
                  help="frame file names in frame folders (default img_{:05d}.jpg)")
@@ -154,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog="python -m data_prep", description=DESCRIPTION + "\n" + RULES, epilog=EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   subs = parser.add_subparsers(dest="format", required=True, metavar="<format>",
-                               help=f"one of: {', '.join(FORMATS)}, demo")
+                               help=f"one of: {', '.join(FORMATS)}, demo, repack")
   for fmt in FORMATS:
     p = subs.add_parser(fmt, help=FORMAT_HELP[fmt], description=FORMAT_HELP[fmt],
                         epilog=RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--num-test", type=_positive_int, default=400)
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--workers", type=_positive_int, default=None)
+  rp = subs.add_parser("repack", help="rewrite a converted data set in another stored layout",
+                       description=textwrap.dedent("""\
+      Rewrites the data set at --data-dir (e.g. one converted before the frames layout) into
+      a new directory --out in --layout, copying the JPEGs as they are (nothing is decoded):
+      same classes, splits, shards and video order."""))
+  rp.add_argument("--data-dir", required=True, help="converted data set (holds manifest.json)")
+  rp.add_argument("--out", required=True, help="new directory for the repacked data set")
+  rp.add_argument("--layout", choices=LAYOUTS, default=LAYOUT_FRAMES)
+  rp.add_argument("--splits", default=None, help="comma list (default: every split)")
   return parser
 
 
@@ -184,11 +206,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              seed=args.seed, workers=args.workers)
       print(f"demo data set ready: {records}")
       return 0
+    if args.format == "repack":
+      repack(args.data_dir, args.out, args.layout,
+             splits=args.splits.split(",") if args.splits else None)
+      return 0
     options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,
                              frame_stride=args.frame_stride, fps=args.fps,
                              filename_tmpl=args.filename_tmpl, decode_threads=args.decode_threads,
                              allow_partial=args.allow_partial, autorotate=args.autorotate,
-                             resize_mixed_frames=args.resize_mixed_frames)
+                             resize_mixed_frames=args.resize_mixed_frames,
+                             max_frames=args.max_frames, layout=args.layout)
     convert_format(args.format, getattr(args, "annotations", None), args.source, args.out,
                    args.split, classes=args.classes, options=options,
                    num_shards=args.num_shards, workers=args.workers,

@@ -9,7 +9,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from reskd_jax.fileio import pid_alive
-from reskd_jax.records import MANIFEST, shard_name
+from reskd_jax.records import LAYOUT_FRAMES, MANIFEST, frames_path, shard_name
 
 from data_prep import leaks, manifest
 from data_prep.annotations import read_annotations
@@ -152,13 +152,19 @@ def convert(annotations: Annotations, out_dir: str, split: str,
         _remove_shards(split_dir, shards, split_created)  # no 0-video shards left behind
     else:
       _remove_stale_shards(split_dir, split, set(shards), log)
+      if options.layout != LAYOUT_FRAMES:  # .frames files of an earlier conversion's layout
+        for name in shards:
+          if os.path.exists(frames_path(os.path.join(split_dir, name))):
+            os.remove(frames_path(os.path.join(split_dir, name)))
       # Per-shard counts (results are in task order) let every host of a multi-host
       # run know its epoch length, for exact resumption; per-shard byte sizes let the
       # reader name a shard that was cut short.
-      entry = {"num_videos": num_videos, "shards": shards,
+      entry = {"num_videos": num_videos, "layout": options.layout, "shards": shards,
                "shard_sizes": [int(r["num_videos"]) for r in results],
                "shard_bytes": [int(r["bytes"]) for r in results], "skipped": skipped,
                "partial": partial, "options": options.to_json()}
+      if options.layout == LAYOUT_FRAMES:
+        entry["frames_bytes"] = [int(r["frames_bytes"]) for r in results]
       _add_checks(entry, out_dir, split, results, warn)
       manifest.update(out_dir, annotations.dataset, annotations.classes,
                       annotations.multi_label, split, entry)
@@ -200,7 +206,8 @@ def _print_skips(skipped: Sequence[dict], warn):
 def _remove_shards(split_dir: str, shards: Sequence[str], split_created: bool):
   """The (empty) shards of a conversion that converted nothing."""
   for name in shards:
-    for path in (os.path.join(split_dir, name), os.path.join(split_dir, f".{name}.json")):
+    for path in (os.path.join(split_dir, name), os.path.join(split_dir, f".{name}.json"),
+                 frames_path(os.path.join(split_dir, name))):
       if os.path.exists(path):
         os.remove(path)
   if split_created and not os.listdir(split_dir):
@@ -213,10 +220,12 @@ def _remove_stale_shards(split_dir: str, split: str, keep: set, log):
   for name in sorted(os.listdir(split_dir)):
     if pattern.fullmatch(name) and name not in keep:
       log(f"  removing {name} (from an earlier conversion with another shard count)")
-      for path in (os.path.join(split_dir, name), os.path.join(split_dir, f".{name}.json")):
+      for path in (os.path.join(split_dir, name), os.path.join(split_dir, f".{name}.json"),
+                   frames_path(os.path.join(split_dir, name))):
         if os.path.exists(path):
           os.remove(path)
-  tmp = re.compile(r"\.?" + re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord(\.json)?\.tmp-(\d+)")
+  tmp = re.compile(r"\.?" + re.escape(split) + r"-\d{5}-of-\d{5}\.(tfrecord|tfrecord\.json|frames)"
+                   r"\.tmp-(\d+)")
   for name in sorted(os.listdir(split_dir)):
     m = tmp.fullmatch(name)
     if m and not pid_alive(int(m.group(2))):

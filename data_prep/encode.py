@@ -1,4 +1,4 @@
-"""One item -> one serialized SequenceExample (reskd_jax.records format)."""
+"""One item -> its JPEG frames (written by `shards.write_shard` in a reskd_jax.records layout)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from PIL import Image
-from reskd_jax.records import make_sequence_example
+from reskd_jax.records import LAYOUT_FRAMES, LAYOUTS, make_sequence_example
 
 from data_prep.image import encode_jpeg
 from data_prep.items import Item, ItemError, PartialItem
@@ -25,6 +25,16 @@ class ConvertOptions:
   allow_partial: bool = False  # keep partial videos (listed in the manifest) instead of skipping
   autorotate: bool = True  # apply a video's display rotation (as players do)
   resize_mixed_frames: bool = False  # frame folders of mixed sizes: squeeze, instead of skipping
+  # At most this many frames per video (0: all), spread uniformly over the video: the
+  # centre frame of each of max_frames equal segments (see `kept_frames`).
+  max_frames: int = 0
+  layout: str = LAYOUT_FRAMES  # reskd_jax.records layout written
+
+  def __post_init__(self):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"unknown layout {self.layout!r} (known: {LAYOUTS})")
+    if self.max_frames < 0:
+      raise ValueError(f"max_frames must be >= 0, got {self.max_frames}")
 
   def frame_options(self) -> FrameOptions:
     return FrameOptions(frame_stride=self.frame_stride, fps=self.fps,
@@ -48,12 +58,23 @@ def resized_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
   return int(new_w), int(new_h)
 
 
+def kept_frames(num_frames: int, max_frames: int) -> List[int]:
+  """Indices of the frames kept of `num_frames` when at most `max_frames` are (0: all):
+  the centre frame int((i + 0.5) * num_frames / max_frames) of each of `max_frames` equal
+  segments, as mmaction2's test-time TSN sampling picks them."""
+  if not max_frames or num_frames <= max_frames:
+    return list(range(num_frames))
+  return [int((i + 0.5) * num_frames / max_frames) for i in range(max_frames)]
+
+
 def encode_frames(item: Item, options: ConvertOptions
                   ) -> Tuple[List[bytes], int, int, Optional[str]]:
   """(list of JPEG bytes, height, width, partial): frames resized to the short side,
   streamed so that long videos never sit decoded in memory. Every frame gets the first
   frame's size. `partial` is None for a complete video, else why it is incomplete (only
-  with `options.allow_partial`; without it a partial video raises PartialItem)."""
+  with `options.allow_partial`; without it a partial video raises PartialItem).
+  With `options.max_frames`, only `kept_frames` of the decoded frames are returned (every
+  frame is still decoded and encoded: the count is known only at the end of a stream)."""
   jpegs, size, partial = [], None, None
   try:
     for img in iter_frames(item, options.frame_options()):
@@ -68,11 +89,14 @@ def encode_frames(item: Item, options: ConvertOptions
     partial = str(e)
   if not jpegs:
     raise ItemError(f"no frames decoded from {item.source}")
+  if options.max_frames:
+    jpegs = [jpegs[i] for i in kept_frames(len(jpegs), options.max_frames)]
   return jpegs, size[1], size[0], partial
 
 
 def encode_item(item: Item, options: ConvertOptions) -> Tuple[bytes, Optional[str]]:
-  """(serialized SequenceExample, partial: see `encode_frames`)."""
+  """(serialized SequenceExample of the "sequence_example" layout, partial: see
+  `encode_frames`)."""
   # TensorFlow is imported only here and in `shards.write_shard` (the CLI quiets its
   # logging first, and reading annotations never needs it).
   import tensorflow as tf

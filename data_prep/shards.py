@@ -1,14 +1,15 @@
-"""Sharded, atomic, resumable TFRecord writing.
+"""Sharded, atomic, resumable shard writing (both layouts of `reskd_jax.records`).
 
 Items are assigned to shards deterministically (a fixed-seed permutation, then
 contiguous runs), so a rerun builds the same shards. Each shard is written to
 `<shard>.tmp-<pid>` and renamed when complete; a small sidecar
 `.<shard>.json` (renamed just before the shard) records its count, its skipped
 and partial items, a fingerprint of its items and options, and the written
-file's size and SHA-256 checksum. A rerun keeps every shard whose sidecar
+file's size and SHA-256 checksum (and those of its `.frames` file, layout "frames",
+which is renamed into place first). A rerun keeps every shard whose sidecar
 fingerprint matches, whose items' sources are unchanged on disk (the sidecar records
-each one's size and modification time, see `sources.source_state`) and whose file
-still has the recorded size and checksum (a shard cut short or damaged since is
+each one's size and modification time, see `sources.source_state`) and whose files
+still have the recorded sizes and checksums (a shard cut short or damaged since is
 written again), and rewrites the others, saying why.
 """
 
@@ -27,11 +28,13 @@ import numpy as np
 from reskd_jax.fileio import read_json, write_json_atomic
 
 from data_prep import pool
-from data_prep.encode import ConvertOptions, encode_item
+from reskd_jax.records import LAYOUT_FRAMES, ShardWriter, frames_path
+
+from data_prep.encode import ConvertOptions, encode_frames
 from data_prep.items import ConversionError, DiskFull, Item, ItemError
 from data_prep.sources import source_state
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the "frames" layout (and ConvertOptions.layout, max_frames)
 VIDEOS_PER_SHARD = 100
 MAX_SHARDS = 4096
 _BLOCK = 1 << 20
@@ -63,6 +66,11 @@ class ShardTask:
   @property
   def path(self) -> str:
     return os.path.join(self.split_dir, self.shard)
+
+  @property
+  def frames(self) -> Optional[str]:
+    """The shard's `.frames` file (layout "frames"), else None."""
+    return frames_path(self.path) if self.options.layout == LAYOUT_FRAMES else None
 
   @property
   def sidecar(self) -> str:
@@ -107,11 +115,18 @@ def check(task: ShardTask) -> Tuple[Optional[dict], Optional[str]]:
   changed = changed_sources(task, side)
   if changed:
     return None, changed
-  size = os.path.getsize(task.path)
-  if size != side.get("bytes"):
-    return None, f"damaged: {size} bytes, {side.get('bytes')} written"
-  if file_digest(task.path)[1] != side.get("sha256"):
-    return None, "damaged: its SHA-256 checksum differs from the one written"
+  written = [(task.path, side.get("bytes"), side.get("sha256"), "")]
+  if task.frames:
+    if not os.path.isfile(task.frames):
+      return None, f"damaged: {os.path.basename(task.frames)} is missing"
+    written.append((task.frames, side.get("frames_bytes"), side.get("frames_sha256"),
+                    f"{os.path.basename(task.frames)}: "))
+  for path, expected_size, expected_sha, what in written:
+    size = os.path.getsize(path)
+    if size != expected_size:
+      return None, f"damaged: {what}{size} bytes, {expected_size} written"
+    if file_digest(path)[1] != expected_sha:
+      return None, f"damaged: {what}its SHA-256 checksum differs from the one written"
   return side, None
 
 
@@ -133,8 +148,8 @@ def _remove_stale_tmp(task: ShardTask):
   """Temporary files of this shard left by dead processes (never a live conversion's)."""
   from reskd_jax.fileio import pid_alive
 
-  for stale in glob.glob(glob.escape(task.path) + ".tmp-*") + glob.glob(
-      glob.escape(task.sidecar) + ".tmp-*"):
+  written = [task.path, task.sidecar] + ([task.frames] if task.frames else [])
+  for stale in [f for path in written for f in glob.glob(glob.escape(path) + ".tmp-*")]:
     pid = stale.rsplit(".tmp-", 1)[-1]
     if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
       continue
@@ -168,36 +183,36 @@ def write_shard(task: ShardTask) -> dict:
     return dict(side, reused=True)
   _remove_stale_tmp(task)
   tmp = f"{task.path}.tmp-{os.getpid()}"
+  tmp_frames = f"{task.frames}.tmp-{os.getpid()}" if task.frames else None
   try:
-    return _write_shard(task, tmp, damaged)
+    return _write_shard(task, tmp, tmp_frames, damaged)
   except Exception as e:  # noqa: BLE001  re-raised below unless the disk is full
     if not _disk_full(e):
       raise
-    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-    for path in (tmp, f"{task.sidecar}.tmp-{os.getpid()}"):
-      if os.path.exists(path):
+    written = sum(os.path.getsize(p) for p in (tmp, tmp_frames) if p and os.path.exists(p))
+    for path in (tmp, tmp_frames, f"{task.sidecar}.tmp-{os.getpid()}"):
+      if path and os.path.exists(path):
         os.remove(path)
     raise DiskFull(task.path, written, len(task.items)) from None
 
 
-def _write_shard(task: ShardTask, tmp: str, damaged: Optional[str]) -> dict:
-  # Imported here, as in `encode.encode_item`: only shard writing needs TensorFlow.
-  import tensorflow as tf
-
+def _write_shard(task: ShardTask, tmp: str, tmp_frames: Optional[str],
+                 damaged: Optional[str]) -> dict:
+  # TensorFlow is imported only once a shard is written (by `ShardWriter`).
   count, skipped, partial = 0, [], []
   sources = {}
   start = time.time()
-  with tf.io.TFRecordWriter(tmp) as writer:
+  with ShardWriter(tmp, task.options.layout, frames_file=tmp_frames) as writer:
     for item in task.items:
       sources[item.video_id] = source_state(item)  # before reading it: a later change counts
       try:
-        record, why_partial = encode_item(item, task.options)
+        jpegs, height, width, why_partial = encode_frames(item, task.options)
       except ItemError as e:
         reason = str(e)
       except Exception as e:  # noqa: BLE001  a bad file must not stop the conversion
         reason = f"{type(e).__name__}: {e}"
       else:
-        writer.write(record)
+        writer.write(item.video_id, jpegs, item.labels, item.label_names, height, width)
         count += 1
         if why_partial:
           partial.append({"item": item.video_id, "reason": why_partial,
@@ -209,6 +224,9 @@ def _write_shard(task: ShardTask, tmp: str, damaged: Optional[str]) -> dict:
   size, sha256 = file_digest(tmp)
   side = {"fingerprint": task.fingerprint(), "num_videos": count, "skipped": skipped,
           "partial": partial, "bytes": size, "sha256": sha256, "sources": sources}
+  if tmp_frames:
+    side["frames_bytes"], side["frames_sha256"] = file_digest(tmp_frames)
+    os.replace(tmp_frames, task.frames)  # useless without its records, renamed last
   write_json_atomic(task.sidecar, side, indent=1)
   os.replace(tmp, task.path)  # the shard appears only now, complete
   return dict(side, reused=False, damaged=damaged, seconds=round(time.time() - start, 2))

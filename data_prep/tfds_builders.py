@@ -7,7 +7,13 @@ They reuse the annotation readers and frame decoders of `data_prep`, so a
   ds = tfds.load("reskd_minik", split="train")   # after `import data_prep.tfds_builders`
 
 Features: video_id (text), frames (a sequence of JPEG images, short side
-SHORT_SIDE), label (single-label sets) or labels (multi-label sets).
+SHORT_SIDE, at most MAX_FRAMES of them when set), label (single-label sets) or
+labels (multi-label sets).
+
+These are TFDS data sets for TFDS users: one example per video in TFDS's own
+files. `reskd_jax.input_pipeline` reads what `python -m data_prep` writes
+(the "frames" layout of `reskd_jax.records`, which reads only the sampled
+frames of a video), not these.
 
 (The `tfds` command of tensorflow-datasets 4.9.10 needs apache-beam installed even
 to start; `tfds.builder(...).download_and_prepare(download_config=
@@ -56,6 +62,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SHORT_SIDE = 256
   JPEG_QUALITY = 90
   FPS: Optional[float] = None  # untrimmed sets: keep frames at this rate
+  MAX_FRAMES = 0  # at most this many frames per video, spread uniformly (0: all)
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -78,7 +85,8 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         supervised_keys=None if self.MULTI_LABEL else ("frames", "label"))
 
   def _options(self) -> ConvertOptions:
-    return ConvertOptions(short_side=self.SHORT_SIDE, jpeg_quality=self.JPEG_QUALITY, fps=self.FPS)
+    return ConvertOptions(short_side=self.SHORT_SIDE, jpeg_quality=self.JPEG_QUALITY, fps=self.FPS,
+                          max_frames=self.MAX_FRAMES)
 
   def _read_splits(self, manual_dir: str) -> Dict[str, Annotations]:
     classes = None

@@ -1,8 +1,12 @@
-"""tf.data input pipeline: converted TFRecords (see `records`) -> uint8 video batches.
+"""tf.data input pipeline: converted shards (see `records`) -> uint8 video batches.
 
 What runs where
 ---------------
-* tf.data (host CPU): read shards (per host), TSN / dense frame sampling,
+* tf.data (host CPU): read shards (per host), TSN / dense frame sampling
+  and reading of the sampled frames only (data sets in the "frames" layout of
+  `records`: a video's small record, then its sampled JPEGs from the shard's
+  `.frames` file, so the cost of an example does not grow with the length of
+  its video; the older "sequence_example" layout is still read, whole),
   shuffle, JPEG decoding of the sampled frames only, short-side resize,
   MultiScaleCrop / centre / three crops, resize to crop_size, labels. Output is
   uint8. In training the frames are sampled as soon as a record is read, before
@@ -171,7 +175,7 @@ def _hash_seed(*values: int) -> int:
 
 def _num_frames(example, split: str):
   """Frames actually stored, checked against the context `num_frames`."""
-  n = tf.shape(example["frames"])[0]
+  n = records.stored_frames(example)
   check = tf.debugging.Assert(
       tf.logical_and(n >= 1, tf.equal(n, example["num_frames"])),
       [f"bad video in split {split}: no frames or num_frames mismatch; video_id:",
@@ -210,6 +214,10 @@ def _looks_like_jpeg(strings):
 def _jpegs(example, indices, split: str):
   """The JPEG strings of the sampled frames, checked for truncation, and how to reorder them.
 
+  Only these frames are read: taken from the parsed record ("sequence_example"
+  layout), or read from the shard's `.frames` file and checked against their
+  CRC-32 ("frames" layout, `records.read_frames`).
+
   A few sampled positions (a static count up to `_MAX_UNROLLED`: training
   clips, single-clip tests) give one string per position and `inverse` None;
   their frames are decoded one by one in an unrolled graph. Many positions
@@ -223,13 +231,23 @@ def _jpegs(example, indices, split: str):
     unique, inverse = indices, None
   else:
     unique, inverse = tf.unique(indices)
-  strings = tf.gather(example["frames"], unique)
-  ok = _looks_like_jpeg(strings)
-  check = tf.debugging.Assert(
+  checks = []
+  if records.FRAMES_KEY in example:
+    strings = tf.gather(example[records.FRAMES_KEY], unique)
+  else:
+    strings, intact = records.read_frames(example, unique)
+    checks.append(tf.debugging.Assert(
+        tf.reduce_all(intact),
+        [f"damaged frames file in split {split} (rerun data_prep to rewrite it):",
+         example["frames_file"], "video_id:", example["video_id"],
+         "frames failing their CRC-32:", tf.boolean_mask(unique, tf.logical_not(intact))]))
+  with tf.control_dependencies(checks):
+    ok = _looks_like_jpeg(strings)
+  checks.append(tf.debugging.Assert(
       tf.reduce_all(ok),
       [f"corrupt JPEG frame in split {split}; video_id:", example["video_id"],
-       "frame indices:", tf.boolean_mask(unique, tf.logical_not(ok))])
-  with tf.control_dependencies([check]):
+       "frame indices:", tf.boolean_mask(unique, tf.logical_not(ok))]))
+  with tf.control_dependencies(checks):
     return tf.identity(strings), inverse
 
 
@@ -492,9 +510,11 @@ def _parallel_reads(data_cfg, files) -> bool:
   return bool(setting)
 
 
-def _read_records(files, num_files: int, parallel: bool):
-  """Serialized examples of the shards `files` (in that order; a list or a 1-D string tensor
-  of `num_files` paths), up to 16 shards interleaved deterministically.
+def _read_records(files, num_files: int, parallel: bool, layout: str):
+  """The records of the shards `files` (in that order; a list or a 1-D string tensor
+  of `num_files` paths), up to 16 shards interleaved deterministically: serialized
+  examples ("sequence_example" layout), or {"record", "frames_file"} ("frames"
+  layout: `_parse` turns either into a video).
 
   Records are read unbuffered (`_READ_BUFFER_BYTES`). With `parallel`
   (`_parallel_reads`: by default for remote storage) shards are read by
@@ -505,13 +525,29 @@ def _read_records(files, num_files: int, parallel: bool):
   an in-thread reader is one thread per host (about 1.3 ms per 2.6 MB
   record on the development machine, so some 750 such videos/s at most).
   """
-  read = lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
+  def read(path):
+    ds = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
+    if layout == records.LAYOUT_SEQUENCE:
+      return ds
+    # records.frames_path in graph ops: `.tfrecord` at the end becomes `.frames`.
+    frames_file = tf.strings.regex_replace(path, r"(\.tfrecord)?$", ".frames",
+                                           replace_global=False)
+    return ds.map(lambda record: {"record": record, "frames_file": frames_file})
+
   cycle = min(num_files, _MAX_CYCLE_LENGTH)
   files = tf.data.Dataset.from_tensor_slices(files)
   if parallel:
     return files.interleave(read, cycle_length=cycle, block_length=1,
                             num_parallel_calls=AUTOTUNE, deterministic=True)
   return files.interleave(read, cycle_length=cycle, block_length=1)
+
+
+def _parse(layout: str):
+  """`_read_records`' elements -> parsed videos (`records.parse_*`)."""
+  if layout == records.LAYOUT_SEQUENCE:
+    return records.parse_sequence_example
+  return lambda element: records.parse_index_example(element["record"],
+                                                     element["frames_file"])
 
 
 def _resolve_process(process_index: Optional[int], process_count: Optional[int]):
@@ -563,17 +599,28 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
   index, count = _resolve_process(process_index, process_count)
   manifest = records.read_manifest(data_cfg.data_dir)
   files = _split_files(data_cfg.data_dir, manifest, split)
-  shard_check.check_sizes(files, manifest["splits"][split].get("shard_bytes"))
+  entry = manifest["splits"][split]
+  layout = records.split_layout(entry)
+  shard_check.check_sizes(files, entry.get("shard_bytes"))
+  if layout == records.LAYOUT_FRAMES:
+    frames_files = [records.frames_path(f) for f in files]
+    for path in frames_files:
+      if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"frames file {path!r} of split {split!r} not found (its "
+                                f"shard is in the \"frames\" layout); re-run data_prep for "
+                                f"{data_cfg.data_dir!r}")
+    shard_check.check_sizes(frames_files, entry.get("frames_bytes"))
   shard_check.register(files)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
-                        start_step, manifest)
+                        start_step, manifest, layout)
   else:
     if "num_videos" not in manifest["splits"][split]:
       raise ValueError(f"split {split!r} of {data_cfg.data_dir!r} has no num_videos in its "
                        f"manifest (needed to pad evaluation batches)")
     num_videos = int(manifest["splits"][split]["num_videos"])
-    ds = _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count)
+    ds = _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count,
+                       layout)
   return ds.with_options(_options())
 
 
@@ -594,7 +641,7 @@ def _host_epoch_size(manifest, split: str, files, all_files, index: int, count: 
 
 
 def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,
-                   start_step, manifest):
+                   start_step, manifest, layout):
   """Infinite stream of epochs; epoch e is shuffled with seeds derived from (seed, e).
 
   Every random choice is a function of (seed, host, epoch, position in epoch),
@@ -621,10 +668,10 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   # Identical on all hosts when sharding by example, so the shards partition the stream.
   files_seed = host_seed if by_file else _hash_seed(seed)
   files_t = tf.constant(files)
-  parse = records.parse_sequence_example
+  parse = _parse(layout)
   cached = None
   if data_cfg.cache:
-    cached = _read_records(list(files), len(files), _parallel_reads(data_cfg, files))
+    cached = _read_records(list(files), len(files), _parallel_reads(data_cfg, files), layout)
     if not by_file:
       cached = cached.shard(count, index)
     cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
@@ -636,7 +683,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
     else:
       order = tf.random.experimental.stateless_shuffle(
           files_t, seed=tf.stack([tf.constant(files_seed % (1 << 62), tf.int64), e]))
-      ds = _read_records(order, len(files), _parallel_reads(data_cfg, files))
+      ds = _read_records(order, len(files), _parallel_reads(data_cfg, files), layout)
       if not by_file:
         ds = ds.shard(count, index)
 
@@ -662,10 +709,12 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
   return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count):
+def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, index, count,
+                  layout):
   expected = len(range(index, num_videos, count))  # videos this host must see
   num_batches = math.ceil(math.ceil(num_videos / count) / batch_size)
-  ds = _read_records(list(files), len(files), _parallel_reads(data_cfg, files))
+  ds = _read_records(list(files), len(files), _parallel_reads(data_cfg, files), layout)
+  read = _parse(layout)
   if count > 1:
     ds = ds.shard(count, index)
 
@@ -675,7 +724,7 @@ def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, i
         [f"split {split} holds more videos than its manifest says ({num_videos}); "
          f"re-run data_prep"])
     with tf.control_dependencies([check]):
-      return records.parse_sequence_example(tf.identity(serialized))
+      return read(tf.nest.map_structure(tf.identity, serialized))
 
   ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE)
   if data_cfg.cache:

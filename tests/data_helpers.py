@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from reskd_jax import records
-from reskd_jax.records import parse_sequence_example, read_manifest
+from reskd_jax.records import read_manifest
 
 CODECS = {".mp4": ("libx264", "yuv444p", {"qp": "0"}),
           ".mkv": ("libx264", "yuv444p", {"qp": "0"}),
@@ -65,20 +65,22 @@ def put_frames(folder: str, frames: np.ndarray, quality: int = 95) -> np.ndarray
 
 
 def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple[int, ...], np.ndarray]]]:
-  """(manifest, video_id -> (labels, frames (T,H,W,3) uint8)), through tf.data and
-  reskd_jax.records.parse_sequence_example. Checks the shapes and the count."""
+  """(manifest, video_id -> (labels, frames (T,H,W,3) uint8)), through
+  reskd_jax.records.iter_videos (either layout, every frame's CRC-32 checked).
+  Checks the shapes and the count."""
   manifest = read_manifest(str(data_dir))
-  files = [os.path.join(data_dir, split, s) for s in manifest["splits"][split]["shards"]]
+  layout = records.split_layout(manifest["splits"][split])
   result = {}
-  for rec in tf.data.TFRecordDataset(files).map(parse_sequence_example):
-    frames = np.stack([tf.io.decode_jpeg(f, channels=3).numpy() for f in rec["frames"]])
-    expected = (int(rec["num_frames"]), int(rec["height"]), int(rec["width"]), 3)
-    if frames.shape != expected:
-      raise AssertionError(f"frames {frames.shape} != {expected}")
-    vid = rec["video_id"].numpy().decode()
-    if vid in result:
-      raise AssertionError(f"video {vid} written twice")
-    result[vid] = (tuple(int(l) for l in rec["labels"].numpy()), frames)
+  for shard in manifest["splits"][split]["shards"]:
+    for rec in records.iter_videos(os.path.join(data_dir, split, shard), layout):
+      frames = np.stack([tf.io.decode_jpeg(f, channels=3).numpy() for f in rec["frames"]])
+      expected = (rec["num_frames"], rec["height"], rec["width"], 3)
+      if frames.shape != expected:
+        raise AssertionError(f"frames {frames.shape} != {expected}")
+      vid = rec["video_id"]
+      if vid in result:
+        raise AssertionError(f"video {vid} written twice")
+      result[vid] = (tuple(rec["labels"]), frames)
   if len(result) != manifest["splits"][split]["num_videos"]:
     raise AssertionError(f"{len(result)} records, manifest says "
                          f"{manifest['splits'][split]['num_videos']}")
@@ -87,8 +89,9 @@ def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple
 
 def write_tiny_split(root: str, split: str, sizes, rs: np.random.RandomState, *,
                      num_classes: int, height: int, width: int,
-                     frames_per_video: int = 6) -> Dict:
-  """Writes a split of tiny labelled videos as TFRecord shards; returns its manifest entry.
+                     frames_per_video: int = 6, layout: str = records.LAYOUT_FRAMES) -> Dict:
+  """Writes a split of tiny labelled videos as shards of `layout` (default: the one data_prep
+  writes); returns its manifest entry.
 
   ``sizes`` is the number of videos, or a list of videos per shard. Video v
   has class ``v % num_classes`` and frames of noise whose brightness encodes
@@ -99,16 +102,16 @@ def write_tiny_split(root: str, split: str, sizes, rs: np.random.RandomState, *,
   names, v = [], 0
   for i, size in enumerate(sizes):
     names.append(records.shard_name(split, i, len(sizes)))
-    with tf.io.TFRecordWriter(os.path.join(root, split, names[-1])) as writer:
+    with records.ShardWriter(os.path.join(root, split, names[-1]), layout) as writer:
       for _ in range(size):
         label = v % num_classes
         frames = [tf.io.encode_jpeg((rs.rand(height, width, 3) * 60 + 40 * label)
                                     .astype(np.uint8), quality=95).numpy()
                   for _ in range(frames_per_video)]
-        writer.write(records.make_sequence_example(f"{split}{v}", frames, [label],
-                                                   [f"c{label}"], height, width))
+        writer.write(f"{split}{v}", frames, [label], [f"c{label}"], height, width)
         v += 1
-  return {"num_videos": v, "shards": names, "shard_sizes": sizes, "skipped": []}
+  return {"num_videos": v, "layout": layout, "shards": names, "shard_sizes": sizes,
+          "skipped": []}
 
 
 def write_tiny_dataset(data_dir: str, splits: Dict, rs: np.random.RandomState, *,

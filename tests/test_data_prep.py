@@ -10,6 +10,9 @@ from PIL import Image
 
 from data_prep import ConvertOptions, convert_format
 from data_prep.cli import main as cli_main
+from data_prep.encode import kept_frames
+from reskd_jax.records import (LAYOUT_FRAMES, LAYOUT_SEQUENCE, frames_path, iter_videos,
+                               split_layout)
 from data_prep.labels import load_classes
 from data_helpers import make_frames, put_frames, put_video, read_records
 
@@ -194,6 +197,59 @@ def test_resize_stride_and_fps(tmp_path):
   run("minik", ann, src, tmp_path / "o3", classes=classes,
       options=ConvertOptions(short_side=0, fps=4.0))
   assert_close(read_records(tmp_path / "o3", "train")[1]["a"][1], ref[::2])
+  # --max-frames 3 of 8: the centre frames of 3 equal segments, int((i + 0.5) * 8 / 3)
+  assert kept_frames(8, 3) == [1, 4, 6] and kept_frames(8, 0) == kept_frames(8, 8) == list(
+      range(8))
+  run("minik", ann, src, tmp_path / "o4", classes=classes,
+      options=ConvertOptions(short_side=0, max_frames=3))
+  assert_close(read_records(tmp_path / "o4", "train")[1]["a"][1], ref[[1, 4, 6]])
+
+
+def test_layouts_and_repack(tmp_path, capsys):
+  """Both layouts hold the same JPEGs; `repack` turns the old one into the new, byte for byte."""
+  src = tmp_path / "v"
+  lines = []
+  for i in range(5):
+    put_video(str(src / f"{i}.mp4"), make_frames(i, num=3 + i))
+    lines.append(f"{i}.mp4 {i % 3}\n")
+  ann = write_text(tmp_path / "l.txt", "".join(lines))
+  classes = write_text(tmp_path / "c.txt", "\n".join(CLASSES) + "\n")
+  for layout in (LAYOUT_SEQUENCE, LAYOUT_FRAMES):
+    run("minik", ann, src, tmp_path / layout, classes=classes, num_shards=2,
+        options=ConvertOptions(short_side=H, layout=layout))
+  old = json.loads((tmp_path / LAYOUT_SEQUENCE / "manifest.json").read_text())
+  new = json.loads((tmp_path / LAYOUT_FRAMES / "manifest.json").read_text())
+  assert old["splits"]["train"]["layout"] == LAYOUT_SEQUENCE
+  assert new["splits"]["train"]["layout"] == LAYOUT_FRAMES
+  assert len(new["splits"]["train"]["frames_bytes"]) == 2
+  assert sorted(os.listdir(tmp_path / LAYOUT_SEQUENCE / "train")) == sorted(
+      f"{dot}train-0000{k}-of-00002.tfrecord{json_}" for k in range(2)
+      for dot, json_ in (("", ""), (".", ".json")))
+
+  def videos(data_dir):
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]
+    return [v for shard in entry["shards"] for v in iter_videos(
+        str(data_dir / "train" / shard), split_layout(entry))]
+
+  want = videos(tmp_path / LAYOUT_SEQUENCE)
+  assert [len(v["frames"]) for v in sorted(want, key=lambda v: v["video_id"])] == [3, 4, 5, 6, 7]
+  assert videos(tmp_path / LAYOUT_FRAMES) == want
+  # Repacked: the same videos, shards and order; the manifest of the new layout.
+  assert cli_main(["repack", f"--data-dir={tmp_path / LAYOUT_SEQUENCE}",
+                   f"--out={tmp_path / 'repacked'}"]) == 0
+  assert videos(tmp_path / "repacked") == want
+  repacked = json.loads((tmp_path / "repacked" / "manifest.json").read_text())
+  for key in ("layout", "shards", "shard_sizes", "shard_bytes", "frames_bytes", "num_videos"):
+    assert repacked["splits"]["train"][key] == new["splits"]["train"][key], key
+  for name in new["splits"]["train"]["shards"]:
+    for path in (name, frames_path(name)):
+      assert ((tmp_path / "repacked" / "train" / path).read_bytes()
+              == (tmp_path / LAYOUT_FRAMES / "train" / path).read_bytes())
+  capsys.readouterr()
+  assert cli_main(["repack", f"--data-dir={tmp_path / LAYOUT_SEQUENCE}",
+                   f"--out={tmp_path / 'repacked'}"]) == 2
+  assert "already holds a data set" in capsys.readouterr().err
 
 
 NAMES = ["zumba", "air_drumming", "abseiling"]
@@ -229,6 +285,7 @@ def test_cli_two_splits_share_classes_and_reruns_resume(tmp_path, capsys):
   # another shard count replaces the old shards
   assert cli_main(["minik", f"--annotations={tmp_path / 'train.txt'}", "--num-shards=1"] + common) == 0
   assert sorted(os.listdir(out / "train")) == [".train-00000-of-00001.tfrecord.json",
+                                               "train-00000-of-00001.frames",
                                                "train-00000-of-00001.tfrecord"]
   # a different class list for the same --out is refused, the manifest untouched
   before = (out / "manifest.json").read_bytes()
@@ -244,5 +301,6 @@ def test_cli_help_lists_every_format(capsys):
     cli_main(["--help"])
   assert e.value.code == 0
   text = capsys.readouterr().out
-  for fmt in ("kinetics", "minik", "activitynet", "fcvid", "sthv2", "folder", "rawframes", "demo"):
+  for fmt in ("kinetics", "minik", "activitynet", "fcvid", "sthv2", "folder", "rawframes", "demo",
+              "repack"):
     assert fmt in text

@@ -182,6 +182,18 @@ def test_damaged_shards_are_detected_and_rewritten_by_a_rerun(tmp_path, capsys):
   # a rerun of intact shards rewrites nothing
   code, log, _ = run_cli(capsys, *args)
   assert code == 0 and log.count("already complete, verified") == 3
+  # the shards' .frames files (the "frames" layout): one bit changed, one missing
+  frames = sorted((out / "train").glob("*.frames"))
+  assert len(frames) == 3
+  frames_original = {p.name: p.read_bytes() for p in frames}
+  data = bytearray(frames_original[frames[0].name])
+  data[len(data) // 3] ^= 0x01
+  frames[0].write_bytes(bytes(data))
+  frames[2].unlink()
+  code, log, err = run_cli(capsys, *args)
+  assert code == 0, err
+  assert log.count("found damaged:") == 2 and "is missing" in log, log
+  assert {p.name: p.read_bytes() for p in frames} == frames_original
 
 
 def test_reader_names_the_damaged_shard(tmp_path, capsys):

@@ -347,11 +347,11 @@ def test_disk_full_gives_one_line_and_no_partial_file(tmp_path, capsys, workers,
 SLOW_SITE = r"""
 import time
 import data_prep.shards as _shards
-_encode = _shards.encode_item
+_encode = _shards.encode_frames
 def _slow_encode(item, options):
   time.sleep(float(__import__("os").environ.get("SLOW_ENCODE", "0")))
   return _encode(item, options)
-_shards.encode_item = _slow_encode
+_shards.encode_frames = _slow_encode
 """
 
 

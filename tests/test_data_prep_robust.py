@@ -175,13 +175,13 @@ KILL_SCRIPT = r"""
 import os, signal, sys
 import data_prep.shards as shards
 calls = [0]
-encode = shards.encode_item
+encode = shards.encode_frames
 def encode_then_die(item, options):
   calls[0] += 1
   if calls[0] == int(sys.argv[5]):
     os.kill(os.getpid(), signal.SIGKILL)  # a hard kill in the middle of the second shard
   return encode(item, options)
-shards.encode_item = encode_then_die
+shards.encode_frames = encode_then_die
 from data_prep import ConvertOptions, convert_format
 convert_format("minik", sys.argv[1], sys.argv[2], sys.argv[3], "train", classes=sys.argv[4],
                options=ConvertOptions(short_side=32, jpeg_quality=90), num_shards=3, workers=1)

@@ -24,6 +24,7 @@ from reskd_jax import augment
 from reskd_jax import input_pipeline as ip
 from reskd_jax import records
 from reskd_jax import sampling
+from reskd_jax.errors import DataError
 
 NUM_CLASSES = 12
 # video index -> (num_frames, labels, (height, width))
@@ -249,47 +250,55 @@ def _frame(video, frame, hw):
   return tf.io.encode_jpeg(img, quality=95).numpy()
 
 
-def _serialize(video, truncate_frame=None):
+def _video(video, truncate_frame=None):
+  """ShardWriter.write's arguments for one toy video (a frame cut short: a corrupt one)."""
   n, labels, hw = VIDEOS[video]
   frames = [_frame(video, f, hw) for f in range(n)]
   if truncate_frame is not None:
     frames[truncate_frame] = frames[truncate_frame][:len(frames[truncate_frame]) // 2]
-  return records.make_sequence_example(
-      f"vid{video}" if truncate_frame is None else "vid_bad", frames, labels,
-      [f"c{l}" for l in labels], hw[0], hw[1])
+  return (f"vid{video}" if truncate_frame is None else "vid_bad", frames, labels,
+          [f"c{l}" for l in labels], hw[0], hw[1])
 
 
-def _write_split(root, split, groups, manifest):
+def _write_split(root, split, groups, manifest, layout):
   os.makedirs(os.path.join(root, split), exist_ok=True)
   names = []
   for i, group in enumerate(groups):
     name = records.shard_name(split, i, len(groups))
-    with tf.io.TFRecordWriter(os.path.join(root, split, name)) as writer:
-      for serialized in group:
-        writer.write(serialized)
+    with records.ShardWriter(os.path.join(root, split, name), layout) as writer:
+      for video in group:
+        writer.write(*video)
     names.append(name)
   manifest["splits"][split] = {"num_videos": sum(len(g) for g in groups), "shards": names,
-                               "skipped": []}
+                               "skipped": [], "layout": layout}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("toy"))
+def write_toy_dataset(root, layout):
+  """The toy data set in `layout` (the same videos and shards in either)."""
   manifest = {"dataset": "toy", "classes": [f"c{k}" for k in range(NUM_CLASSES)],
               "multi_label": True, "splits": {}}
-  ser = {v: _serialize(v) for v in VIDEOS}
-  _write_split(root, "train", [[ser[v] for v in VIDEOS if v % 4 == s] for s in range(4)],
-               manifest)
-  _write_split(root, "val", [[ser[v] for v in VIDEOS if v % 3 == s] for s in range(3)],
-               manifest)
-  _write_split(root, "one", [[ser[v] for v in VIDEOS]], manifest)
-  _write_split(root, "bad", [[ser[0], _serialize(2, truncate_frame=5)]], manifest)
+  vids = {v: _video(v) for v in VIDEOS}
+  _write_split(root, "train", [[vids[v] for v in VIDEOS if v % 4 == s] for s in range(4)],
+               manifest, layout)
+  _write_split(root, "val", [[vids[v] for v in VIDEOS if v % 3 == s] for s in range(3)],
+               manifest, layout)
+  _write_split(root, "one", [[vids[v] for v in VIDEOS]], manifest, layout)
+  _write_split(root, "bad", [[vids[0], _video(2, truncate_frame=5)]], manifest, layout)
   # Shards given relative to data_dir; manifest count lower than what the shard holds.
   manifest["splits"]["undercount"] = {"num_videos": 8, "shards": ["one/" + records.shard_name(
-      "one", 0, 1)], "skipped": []}
+      "one", 0, 1)], "skipped": [], "layout": layout}
+  if layout == records.LAYOUT_SEQUENCE:  # as written before the "frames" layout: no key
+    for entry in manifest["splits"].values():
+      del entry["layout"]
   with open(os.path.join(root, records.MANIFEST), "w") as f:
     json.dump(manifest, f)
   return root
+
+
+# Every end-to-end test runs on both stored layouts.
+@pytest.fixture(scope="module", params=[records.LAYOUT_FRAMES, records.LAYOUT_SEQUENCE])
+def data_dir(request, tmp_path_factory):
+  return write_toy_dataset(str(tmp_path_factory.mktemp(f"toy-{request.param}")), request.param)
 
 
 def _cfg(data_dir, **overrides) -> ml_collections.ConfigDict:
@@ -353,6 +362,16 @@ def test_dataset_info_and_errors(data_dir, tmp_path):
   with pytest.raises(ValueError, match="sampling"):
     ip.create_dataset(_cfg(data_dir, sampling="tsm"), "val", train=False, batch_size=2,
                       num_classes=NUM_CLASSES)
+  manifest = records.read_manifest(data_dir)
+  manifest["splits"]["val"]["layout"] = "columns"  # a layout this version does not know
+  manifest["splits"]["val"]["shards"] = [os.path.join(data_dir, "val", name) for name in
+                                         manifest["splits"]["val"]["shards"]]
+  os.makedirs(tmp_path / "newer", exist_ok=True)
+  with open(tmp_path / "newer" / records.MANIFEST, "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="unknown data layout 'columns'"):
+    ip.create_dataset(_cfg(str(tmp_path / "newer")), "val", train=False, batch_size=2,
+                      num_classes=NUM_CLASSES, process_index=0, process_count=1)
 
 
 def test_train_tsn_multiscale_end_to_end(data_dir):
@@ -568,3 +587,95 @@ def test_resumed_stream_equals_uninterrupted_stream(data_dir):
   ids = np.concatenate([_decode_codes(b["video"])[1][:, 0] for b in full])
   assert sorted(ids[:10]) == list(range(10)) and sorted(ids[10:20]) == list(range(10))
   assert not np.array_equal(ids[:10], ids[10:20])
+
+
+# ----------------------------------------------------------------------------
+# The "frames" layout against the "sequence_example" one (the same videos).
+
+
+@pytest.fixture(scope="module")
+def both_layouts(tmp_path_factory):
+  return {layout: write_toy_dataset(str(tmp_path_factory.mktemp(f"both-{layout}")), layout)
+          for layout in (records.LAYOUT_SEQUENCE, records.LAYOUT_FRAMES)}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # TSN, MultiScaleCrop
+    {"sampling": "dense", "multiscale_crop": False, "shuffle_buffer": 1},
+    {"cache": True, "seed": 5},
+])
+def test_frames_layout_gives_the_same_training_batches(both_layouts, overrides):
+  """The same frame draws give the same batches, on one host and on each of two."""
+  overrides = dict(overrides)
+  seed = overrides.pop("seed", 0)
+  old, new = both_layouts[records.LAYOUT_SEQUENCE], both_layouts[records.LAYOUT_FRAMES]
+  for start_step in (0, 3):
+    chex.assert_trees_all_equal(
+        _take(_train(old, seed=seed, start_step=start_step, **overrides), 4),
+        _take(_train(new, seed=seed, start_step=start_step, **overrides), 4))
+  for split in ("train", "one"):  # hosts get whole shards / every other video
+    per_host = []
+    for index in range(2):
+      def make(data_dir):
+        return ip.create_dataset(_cfg(data_dir, **overrides), split, train=True, batch_size=2,
+                                 num_classes=NUM_CLASSES, seed=seed, process_index=index,
+                                 process_count=2)
+      got = _take(make(new), 5)
+      chex.assert_trees_all_equal(_take(make(old), 5), got)
+      per_host.append({int(v) for b in got for v in _decode_codes(b["video"])[1][:, 0]})
+    assert not per_host[0] & per_host[1]  # each video read by one process
+    assert per_host[0] | per_host[1] == set(VIDEOS)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"test_num_clips": 3, "test_num_crops": 3, "crop_size": 20},  # every view: 3 clips x 3 crops
+    {"sampling": "dense", "test_num_clips": 40},  # > 32 sampled frames: the unique/loop path
+])
+def test_frames_layout_gives_the_same_eval_views(both_layouts, overrides):
+  old, new = both_layouts[records.LAYOUT_SEQUENCE], both_layouts[records.LAYOUT_FRAMES]
+  for index, count in ((0, 1), (0, 2), (1, 2)):
+    want = list(_eval(old, index=index, count=count, **overrides).as_numpy_iterator())
+    got = list(_eval(new, index=index, count=count, **overrides).as_numpy_iterator())
+    assert len(got) == len(want)
+    chex.assert_trees_all_equal(want, got)
+
+
+def test_frames_layout_reads_only_the_sampled_frames(tmp_path):
+  """Damage a frame that one-frame TSN sampling never picks: training reads on unaware;
+  evaluation with every frame sampled stops with a line naming the file and the video."""
+  root = write_toy_dataset(str(tmp_path), records.LAYOUT_FRAMES)
+  shard = os.path.join(root, "one", records.shard_name("one", 0, 1))
+  first = next(records.iter_videos(shard, records.LAYOUT_FRAMES))
+  assert first["video_id"] == "vid0" and first["num_frames"] == VIDEOS[0][0]
+  offsets = [0]
+  for f in first["frames"]:
+    offsets.append(offsets[-1] + len(f))
+  frames_file = records.frames_path(shard)
+  with open(frames_file, "r+b") as f:  # the middle of frame 0: same size, other bytes
+    f.seek((offsets[0] + offsets[1]) // 2)
+    f.write(b"\x00\x01\x02\x03")
+  # n frames, 1 segment at test time: the centre frame n // 2 only.
+  batches = list(_eval(root, split="one", num_frames=1).as_numpy_iterator())
+  assert sum(int(b["mask"].sum()) for b in batches) == len(VIDEOS)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"(?s)damaged frames file in split one.*one-00000-of-00001\.frames"
+                           r".*vid0.*CRC-32.*\[0\]"):
+    list(_eval(root, split="one", num_frames=VIDEOS[0][0]).as_numpy_iterator())
+
+
+def test_frames_layout_missing_or_cut_frames_file(tmp_path):
+  """A .frames file gone or cut short is named before anything is read."""
+  root = write_toy_dataset(str(tmp_path), records.LAYOUT_FRAMES)
+  manifest = records.read_manifest(root)
+  frames_file = records.frames_path(os.path.join(root, "one", records.shard_name("one", 0, 1)))
+  manifest["splits"]["one"]["frames_bytes"] = [os.path.getsize(frames_file)]
+  with open(os.path.join(root, records.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  with open(frames_file, "r+b") as f:
+    f.truncate(os.path.getsize(frames_file) - 10)
+  with pytest.raises(DataError, match=r"damaged shard .*one-00000-of-00001\.frames"):
+    _eval(root, split="one")
+  os.remove(frames_file)
+  with pytest.raises(FileNotFoundError, match=r"one-00000-of-00001\.frames.*re-run data_prep"):
+    _eval(root, split="one")
