@@ -366,7 +366,10 @@ def _slow_converter(tmp_path, src, ann, out, workers, seconds=1.0):
       [sys.executable, "-m", "data_prep", "minik", f"--annotations={ann}", f"--source={src}",
        f"--out={out}", f"--workers={workers}", "--short-side=32", "--num-shards=4"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      start_new_session=True)
+      start_new_session=True,
+      # A test run started in the background (`cmd &`) inherits SIGINT ignored, and so
+      # would the converter: give it the default disposition a terminal's job has.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc, words, timeout=120):
@@ -397,7 +400,7 @@ def test_ctrl_c_prints_only_the_one_line(tmp_path):
   time.sleep(3)  # the workers are importing or encoding
   os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
   out, err = proc.communicate(timeout=60)
-  assert proc.returncode == 130
+  assert proc.returncode == 130, (out, err)
   assert err.strip() == ("interrupted: finished shards are kept; rerun the same command to "
                          "resume"), err
   # a rerun completes (the interrupted shards' temporary files are cleaned up)
