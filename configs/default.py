@@ -89,7 +89,15 @@ def get_teacher_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   teacher.checkpoint = checkpoint
   # The authors' teacher runs in train mode (BN batch statistics), without gradients.
   teacher.train_mode_bn = True
+  add_teacher_checks(teacher)
   return teacher
+
+
+def add_teacher_checks(teacher: ml_collections.ConfigDict) -> None:
+  """A teacher must see the resolution and class order of its meta.json (checked at start-up)
+  unless these say the difference is intended (e.g. a teacher fine-tuned at another size)."""
+  teacher.allow_other_resolution = False
+  teacher.allow_other_classes = False
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -132,6 +140,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Micro-batches per optimizer update (optax.MultiSteps): the global batch of an update is
   # batch_size x grad_accum_steps; the schedule counts updates.
   config.optimizer.grad_accum_steps = 1
+  # AdamW (name="adamw") only; every optimizer's knobs exist in every config.
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
 
   config.batch_size = 64  # global, videos
   config.num_epochs = 100.0
@@ -288,6 +299,7 @@ def kinetics400_swin(mode: str) -> ml_collections.ConfigDict:
   config.teacher.drop_path_rate = 0.1
   config.teacher.checkpoint = "weights/swin_b_k400"
   config.teacher.train_mode_bn = True  # train mode: stochastic depth active
+  add_teacher_checks(config.teacher)
   config.kd_method = "pixel_logit"
   config.kd_weight = 200.0
   config.kd_temperature = 2.0
