@@ -170,6 +170,9 @@ def get_config() -> ml_collections.ConfigDict:
   # CPU: batch 1, 2 runs, float32 only). See reskd_jax/profiling.py.
   config.profile.batch_size = 0
   config.profile.timed_runs = 0
+  # Compute dtypes to time, e.g. ("float32", "bfloat16"); empty: the platform's (CPU:
+  # float32 only, accelerators: both).
+  config.profile.dtypes = ml_collections.FieldReference((), field_type=tuple)
   return config
 
 
@@ -332,7 +335,8 @@ VARIANTS = ("tiny",)
 
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks a run for tests and smoke runs on a CPU: tiny nets, 32 px crops, 4 frames.
+  """Shrinks a run for tests and smoke runs on a CPU: tiny nets, 32 px crops, 4 frames,
+  6 steps evaluated once at the end (override num_train_steps / eval_every_epochs for more).
 
   The teacher and student keep their roles (the student still sees half the
   teacher's resolution); point `data.data_dir` and `teacher.checkpoint` at
@@ -366,6 +370,9 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = min(config.optimizer.grad_accum_steps, 2)
   config.log_every_steps = 1
   config.checkpoint_every_steps = 100
+  # A short schedule (a smoke run, not a training): 6 steps, evaluated at the end.
+  config.num_train_steps = 6
+  config.eval_every_epochs = 1000.0
   config.profile.resolutions = (crop, crop // 2)
   config.profile.batch_size = 2
   config.profile.timed_runs = 1

@@ -295,13 +295,20 @@ def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
                      f"run gives it {num_frames}")
 
 
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def first_mismatch(expected, got) -> Optional[str]:
   """``'params/fc/kernel': checkpoint (64, 4), model (8, 4)`` for the first leaf of ``got``
   (a variables tree) that is missing, extra or of another shape than ``expected`` (a tree
   of arrays or ShapeDtypeStructs); None when they fit."""
   def shapes(tree):
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
-            tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", np.shape(leaf)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
   want, have = shapes(expected), shapes(got)
   for key in sorted(set(want) | set(have)):
     if want.get(key) != have.get(key):

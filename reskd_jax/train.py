@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from clu import metrics as clu_metrics
 from clu import periodic_actions
 
@@ -35,7 +37,7 @@ from reskd_jax import checkpoints, config_checks, evaluate, flops, input_pipelin
 from reskd_jax import models, optim, runlog, train_step, train_utils, workdir as workdir_lib
 from reskd_jax.config_checks import EVAL_METRICS, check_config, check_splits  # noqa: F401
 from reskd_jax.config_checks import check_teacher_alignment  # noqa: F401
-from reskd_jax.errors import ConfigError, DataError, NonFiniteError  # noqa: F401  (re-exported)
+from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError  # noqa: F401  (re-exported)
 from reskd_jax.fileio import read_json, write_json_atomic
 
 # Older names of the workdir's files (see reskd_jax.workdir).
@@ -327,6 +329,7 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
   state = train_step.create_train_state(variables, tx)
 
+  _check_checkpoint_fits(workdir, state)
   restored = manager.restore(jax.tree.map(np.asarray, state))
   last_good = None
   if restored is not None:
@@ -479,6 +482,38 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
          f"  results    {os.path.join(workdir, workdir_lib.RESULTS)}",
          f"  variables  {os.path.join(workdir, workdir_lib.VARIABLES)} (best: {best_path})")
   return results
+
+
+def _check_checkpoint_fits(workdir: str, state) -> None:
+  """The newest checkpoint must hold the parameters of the model this config builds.
+
+  Read from the checkpoint's metadata before any restore, so that a model change
+  (e.g. under ``allow_config_change``) is one line naming the first differing
+  parameter and both shapes, and no checkpoint is set aside as "unusable".
+  """
+  steps = _checkpoint_steps(workdir)
+  if not steps:
+    return
+  directory = os.path.join(workdir, workdir_lib.CHECKPOINTS, str(steps[-1]), "default")
+  try:
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      with ocp.StandardCheckpointer() as reader:
+        saved = reader.metadata(directory)
+    finally:
+      absl_logging.set_verbosity(level)
+    saved = getattr(saved, "item_metadata", saved)
+    saved = {k: saved[k] for k in ("params", "batch_stats") if k in saved}
+  except Exception:  # noqa: BLE001  unreadable metadata: the restore names the problem
+    return
+  model = {"params": state.params, "batch_stats": state.batch_stats}
+  mismatch = config_checks.first_mismatch(model, saved)
+  if mismatch:
+    raise CheckpointError(
+        f"the checkpoint {os.path.dirname(directory)} does not fit the model this config "
+        f"builds (config.model): first difference {mismatch}. "
+        f"Resume with the config that wrote it, or use a new workdir")
 
 
 def _average_collection(values):
