@@ -45,4 +45,7 @@ def get_config(workdir=None):
     raise FileNotFoundError(f"{path} does not exist (not a training workdir?)")
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
-  return overlay(default.get_config(), saved)
+  config = overlay(default.get_config(), saved)
+  # A permission for one command, not a property of the run.
+  config.allow_config_change = False
+  return config

@@ -238,6 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   overrun workdir) runs before anything is written; a start-up that fails in
   a workdir it created leaves no workdir behind.
   """
+  if absl_logging.get_verbosity() < absl_logging.INFO:  # quiet (main.py's default)
+    train_utils.drop_library_chatter()
   config_checks.check_config(config)
   info = dataset_info(config)
   config_checks.check_splits(config, info)
@@ -476,6 +478,10 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
       "gflops_per_video": _gflops(config, student, variables),
   })
   _save_json(os.path.join(workdir, workdir_lib.RESULTS), results)
+  # Everything that would otherwise run at exit (the asynchronous TensorBoard writer, the
+  # checkpoint manager's threads) finishes before the last line, not silently after it.
+  writer.close()
+  manager.close()
   metric = config.eval_metric
   _print(f"[done] step {int(state.step)}: {metric}={results.get(metric, float('nan')):.4f}, "
          f"best {best.get(metric, float('nan')):.4f} at step {best.get('step', '?')}",

@@ -27,6 +27,32 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+# Library warnings that describe normal operation, not a problem of the run: orbax's note
+# that a checkpoint written by another orbax version has no _CHECKPOINT_METADATA file, and
+# its removal of a step directory a killed run left unfinished (the resume then uses the
+# previous, complete checkpoint, which the run names itself).
+_CHATTER = ("_CHECKPOINT_METADATA", "Removing existing directory since it is not finalized")
+
+
+class _DropChatter:
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in _CHATTER)
+
+
+def drop_library_chatter() -> None:
+  """Keeps the warnings of ``_CHATTER`` out of the terminal and ``train.log``."""
+  import logging
+  for name in ("absl", "orbax"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _DropChatter) for f in logger.filters):
+      logger.addFilter(_DropChatter())
+  from absl import logging as absl_logging
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropChatter) for f in handler.filters):
+    handler.addFilter(_DropChatter())
+
+
 def create_metric_writer(workdir: str):
   """TensorBoard event files in ``workdir`` (and the log), on process 0 only."""
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,

@@ -463,6 +463,19 @@ def test_a_run_prints_the_progress_line_and_no_info_chatter(trained):
   assert len(proc.stderr.splitlines()) <= 3, proc.stderr
 
 
+def test_library_chatter_is_dropped_and_real_warnings_kept(caplog):
+  """orbax's notes about _CHECKPOINT_METADATA and unfinished step directories it removes
+  (normal operation) stay out of the terminal and train.log; other warnings pass."""
+  import logging
+  from reskd_jax import train_utils
+  train_utils.drop_library_chatter()
+  with caplog.at_level(logging.WARNING):
+    logging.getLogger("absl").warning("Metadata file does not exist: ckpt/_CHECKPOINT_METADATA")
+    logging.getLogger("absl").warning("Removing existing directory since it is not finalized: x")
+    logging.getLogger("absl").warning("a real warning")
+  assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
 def test_unknown_config_key_is_one_clean_line(env):
   proc = _run(_cmd(env, str(env["root"] / "typo"), "--config.model.widht=8"), timeout=120)
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
