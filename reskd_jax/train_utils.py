@@ -137,6 +137,22 @@ class Progress(periodic_actions.ReportProgress):
     self.metrics: Dict[str, float] = {}
     self.line = ""
 
+  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+    first = self._previous_step is None
+    t = time.monotonic() if t is None else t
+    triggered = super().__call__(step, t)
+    if first:  # the clock starts now; say what the start (compilation included) took
+      self.line = " | ".join(
+          [f"[{self.name}] step {step}/{self._num_train_steps} "
+           f"({100.0 * step / max(self._num_train_steps or 1, 1):.1f}%)",
+           f"first step (compilation included) after {t - self._t0:.1f} s"]
+          + ([" ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items()))]
+             if self.metrics else [])
+          + ["ETA from the next report"])
+      if jax.process_index() == 0:
+        print(self.line, file=self.stream or sys.stdout, flush=True)
+    return triggered
+
   def _apply(self, step: int, t: float):
     rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
     eta = (self._num_train_steps - step) / rate if self._num_train_steps else float("nan")

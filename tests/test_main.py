@@ -336,3 +336,32 @@ def test_unknown_split_and_bad_init_file_are_one_line_errors(setup):
                    f"--config.model.init_from={setup['root'] / 'missing_weights'}"), timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "missing_weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_progress_eta_excludes_compilation():
+  """clu's ReportProgress underneath: the first call (after the first step, compilation
+  included) only starts the clock; rates and ETA come from the steps after it."""
+  import io
+  from reskd_jax import train_utils
+
+  class Writer:
+    def __init__(self):
+      self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+      self.scalars.setdefault(step, {}).update(scalars)
+
+  stream, writer = io.StringIO(), Writer()
+  progress = train_utils.Progress(10, 8, writer=writer, every_steps=1, stream=stream)
+  progress._t0 = 0.0
+  progress.metrics = {"loss": 2.0}
+  progress(1, t=30.0)  # 30 s of compilation and the first step
+  progress(2, t=31.0)
+  progress(3, t=33.0)
+  lines = stream.getvalue().splitlines()
+  assert lines[0].startswith("[train] step 1/10 (10.0%) | first step (compilation included) "
+                             "after 30.0 s | loss=2"), lines
+  assert lines[1] == ("[train] step 2/10 (20.0%) | 1.00 steps/s, 8.0 videos/s | loss=2 | "
+                      "ETA 0m08s"), lines
+  assert lines[2].endswith("0.50 steps/s, 4.0 videos/s | loss=2 | ETA 0m14s"), lines
+  assert writer.scalars[2] == {"train/steps_per_sec": 1.0, "train/videos_per_sec": 8.0}
