@@ -227,8 +227,9 @@ def _teacher_line(config, meta) -> str:
       if value is not None:
         recorded = f", recorded {metric} {value:.4g}"
         break
-  res = f"{meta['resolution']} px, " if meta.get("resolution") else ""
-  return f"{config.teacher.name} from {path} ({res}{meta.get('source', '?')}{recorded})"
+  about = ", ".join(x for x in (f"{meta['resolution']} px" if meta.get("resolution") else "",
+                                 str(meta.get("source") or ""), recorded.lstrip(", ")) if x)
+  return f"{config.teacher.name} from {path}" + (f" ({about})" if about else "")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -461,8 +462,9 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   manager.wait_until_finished()
   writer.commit()
   if preempted:
-    _print(f"stopped at step {int(state.step)} after a signal; rerun `python main.py "
-           f"--workdir={workdir}` to resume")
+    # Every process says it (each has its own log, and the signal may have reached any).
+    print(f"stopped at step {int(state.step)} after a signal; rerun `python main.py "
+          f"--workdir={workdir}` to resume", flush=True)
     return {"preempted": True, "step": int(state.step)}
 
   if not final_metrics:  # resumed after the last step: nothing ran, evaluate once
