@@ -302,7 +302,7 @@ def test_missing_dataset_says_how_to_prepare(setup):
   cmd = _cmd(setup, str(setup["root"] / "nodata"), "--config.data.data_dir=/nonexistent/minik")
   proc = _run(cmd, timeout=120)
   assert proc.returncode == 2
-  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep" in proc.stderr
+  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep minik" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
@@ -365,3 +365,17 @@ def test_progress_eta_excludes_compilation():
                       "ETA 0m08s"), lines
   assert lines[2].endswith("0.50 steps/s, 4.0 videos/s | loss=2 | ETA 0m14s"), lines
   assert writer.scalars[2] == {"train/steps_per_sec": 1.0, "train/videos_per_sec": 8.0}
+
+
+@pytest.mark.parametrize("config_file,converter", [
+    ("minik_r50_112", "minik"), ("k400_slowonly_r50_112", "kinetics"),
+    ("activitynet_r50_112", "activitynet"), ("fcvid_r50_112", "fcvid"),
+    ("ssv2_tsm_r50_112", "sthv2"), ("demo", "demo"),
+])
+def test_missing_data_names_the_converter_of_the_config(config_file, converter):
+  import importlib
+  from reskd_jax import train
+  config = importlib.import_module(f"configs.{config_file}").get_config()
+  config.data.data_dir = "/nonexistent/data"
+  with pytest.raises(errors.DataError, match=f"python -m data_prep {converter} "):
+    train.dataset_info(config)
