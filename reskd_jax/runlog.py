@@ -1,5 +1,6 @@
 """``<workdir>/train.log``: what process 0 prints (stdout and stderr: progress, evaluations,
-warnings, errors), appended across resumes, with a line per start.
+warnings, errors) and the WARNING records of Python/absl logging, appended across resumes,
+with a line per start.
 
 A person reading the log after the fact sees the same lines as the one who
 watched the terminal, plus ``=== <time> start ...`` where each segment of the
@@ -8,6 +9,7 @@ run began. Only process 0 writes it (the others print nothing of their own).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -62,6 +64,12 @@ class RunLog:
     self._file.flush()
     self._saved = (sys.stdout, sys.stderr)
     sys.stdout, sys.stderr = _Tee(sys.stdout, self._file), _Tee(sys.stderr, self._file)
+    # Library warnings (Python logging, absl) go to a stream their handler fixed at start-up,
+    # not through sys.stderr: the log gets them from a handler of its own.
+    self._handler = logging.StreamHandler(self._file)
+    self._handler.setLevel(logging.WARNING)
+    self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(self._handler)
     return self
 
   def __exit__(self, exc_type, exc, tb):
@@ -70,6 +78,7 @@ class RunLog:
     sys.stdout.flush()
     sys.stderr.flush()
     sys.stdout, sys.stderr = self._saved
+    logging.getLogger().removeHandler(self._handler)
     if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
       # main.py prints the one-line error after this context: keep it in the log too.
       self._file.write(f"error: {exc}\n")

@@ -476,6 +476,26 @@ def test_library_chatter_is_dropped_and_real_warnings_kept(caplog):
   assert [r.getMessage() for r in caplog.records] == ["a real warning"]
 
 
+def test_train_log_keeps_prints_warnings_and_the_error(tmp_path, capsys):
+  import logging
+  from reskd_jax import runlog
+  with pytest.raises(errors.ConfigError):
+    with runlog.RunLog(str(tmp_path), argv=["main.py", "--workdir=W"]):
+      print("[run] a start-up block")
+      print("warning: ours", file=sys.stderr)
+      logging.getLogger("orbax").warning("a library warning")
+      logging.getLogger("orbax").info("library chatter")
+      raise errors.ConfigError("config.x=1: bad")
+  log = open(tmp_path / runlog.FILE).read().splitlines()
+  assert log[0].startswith("=== ") and log[0].endswith("start on " + socket.gethostname()
+                                                       + f" (pid {os.getpid()}): main.py "
+                                                       "--workdir=W")
+  assert log[1:5] == ["[run] a start-up block", "warning: ours",
+                      "WARNING orbax: a library warning", "error: config.x=1: bad"]
+  assert log[5].startswith("=== ") and log[5].endswith(" end") and len(log) == 6
+  assert "[run] a start-up block" in capsys.readouterr().out  # the terminal still gets it
+
+
 def test_unknown_config_key_is_one_clean_line(env):
   proc = _run(_cmd(env, str(env["root"] / "typo"), "--config.model.widht=8"), timeout=120)
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
