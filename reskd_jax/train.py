@@ -549,9 +549,10 @@ def _startup_block(config, workdir, info, num_classes, steps_per_epoch, num_trai
          if optim.grad_accum_steps(config.optimizer) > 1 else ""),
       f"  schedule    {num_train_steps} steps = {num_train_steps / steps_per_epoch:.3g} epochs "
       f"of {steps_per_epoch} steps",
-      f"  cadence     eval every {eval_every} steps on {config.data.eval_split!r}, checkpoint "
-      f"every {config.checkpoint_every_steps} steps (keep {config.keep_checkpoints}), log "
-      f"every {config.log_every_steps}",
+      f"  cadence     eval {_every(eval_every, num_train_steps)} on "
+      f"{config.data.eval_split!r}, checkpoint {_every(config.checkpoint_every_steps, num_train_steps)}"
+      f" (keep {config.keep_checkpoints}) and on a signal, log "
+      f"{_every(config.log_every_steps, num_train_steps)}",
       f"  teacher     {_teacher_line(config, teacher_meta)}",
   ]
   if segment.get("changes"):
@@ -562,6 +563,13 @@ def _startup_block(config, workdir, info, num_classes, steps_per_epoch, num_trai
                  f"batch and the schedule are kept, per-device BatchNorm statistics and, with "
                  f"another process count, the data order differ (see docs/workdir.md)")
   _print(*lines)
+
+
+def _every(interval: int, total: int) -> str:
+  if interval == 1:
+    return "every step"
+  return (f"every {interval} steps and at the last" if interval < total else
+          "at the last step")
 
 
 def _write_views(writer, config, batch) -> None:
