@@ -2,8 +2,13 @@
 
   python main.py --config=configs/minik_r50_112.py --workdir=runs/minik_r50_112
   python main.py --config=configs/minik_r50_112.py --config.batch_size=16 ...
-  python main.py --config=... --workdir=... --mode=eval
+  python main.py --workdir=runs/minik_r50_112               # resume (the saved config)
+  python main.py --workdir=runs/minik_r50_112 --mode=eval   # evaluate its variables/
   python main.py --config=... --workdir=... --mode=profile
+
+A workdir knows its run: without --config, the config saved in
+<workdir>/config.json is used (``configs/saved.py``), and --config.KEY=VALUE
+overrides still apply to it and are checked.
 
 Works unchanged on one CPU, several GPUs, and multi-host TPU/GPU (one process
 per host, every host runs the same command). JAX joins the cluster by itself
@@ -40,15 +45,17 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "profile"], "What to run.")
 flags.DEFINE_list("resolutions", None, "Profile mode: resolutions (default: config.profile).")
-config_flags.DEFINE_config_file("config", None, "Training configuration (a Python file).",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Training configuration (a Python file); "
+                                "default: the config saved in --workdir.", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 "
                     "(default: $JAX_COORDINATOR_ADDRESS, else JAX's cluster detection).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes "
                      "(default: $JAX_NUM_PROCESSES, else JAX's cluster detection).")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..num_processes-1 "
                      "(default: $JAX_PROCESS_ID, else JAX's cluster detection).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+
+_SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "saved.py")
 
 
 def _cluster_args():
@@ -84,8 +91,43 @@ def _initialize_distributed() -> None:
         f"cannot detect the cluster; see docs/multihost.md)") from None
 
 
+def _flag_value(argv, name):
+  """The value of ``--name=V`` or ``--name V`` in ``argv`` (the last one), else None."""
+  value = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _resolve_config_arg(argv):
+  """``argv`` with ``--config=configs/saved.py:W`` added when only ``--workdir=W`` is given.
+
+  Checked before anything is written: a --workdir that is a file, and a
+  workdir without a config.json when no --config names one (one line, exit 2).
+  """
+  workdir = _flag_value(argv, "workdir")
+  if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail(f"--workdir={workdir} is a file, not a directory; choose a directory")
+  if _flag_value(argv, "config") is not None or not workdir:
+    return argv
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    what = "does not exist" if not os.path.exists(workdir) else "holds no config.json"
+    _fail(f"no --config given and --workdir={workdir} {what}: start a run with "
+          f"--config=configs/<file>.py (see configs/), or point --workdir at a run's workdir")
+  return [argv[0], f"--config={_SAVED_CONFIG}:{workdir}"] + list(argv[1:])
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(errors.EXIT_BAD_INPUT)
+
+
 def _parse_flags(argv):
   """absl's parser, but an unknown `--config.KEY` is a one-line error, not a traceback."""
+  argv = _resolve_config_arg(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -190,13 +232,24 @@ def main(argv):
       from reskd_jax import profiling
       resolutions = [int(r) for r in FLAGS.resolutions] if FLAGS.resolutions else None
       profiling.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
-  except (errors.ReskdError, FileNotFoundError, ValueError) as e:
-    # Bad input (a config key, a data set, a checkpoint, the cluster), a
-    # diverged run: one clear line. RESKD_DEBUG=1 shows the traceback.
-    if os.environ.get("RESKD_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(getattr(e, "exit_status", errors.EXIT_BAD_INPUT))
+  except INPUT_ERRORS as e:
+    _report(e)
+
+
+# Bad input (a config key, a data set, a checkpoint, the cluster) and a diverged run: one
+# line and the exception's exit status. Everything else (a ValueError, TypeError, ... from
+# the code itself) is an internal bug and keeps its traceback (exit status 1): expected
+# failures are raised as reskd_jax.errors classes, never as bare ValueErrors. A missing file
+# or directory named by the user (FileNotFoundError, NotADirectoryError) is input.
+INPUT_ERRORS = (errors.ReskdError, FileNotFoundError, NotADirectoryError)
+
+
+def _report(e: BaseException):
+  """``error: <message>``, exit status of ``e``; RESKD_DEBUG=1 shows the traceback instead."""
+  if os.environ.get("RESKD_DEBUG"):
+    raise e
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(getattr(e, "exit_status", errors.EXIT_BAD_INPUT))
 
 
 if __name__ == "__main__":

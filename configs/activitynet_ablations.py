@@ -25,9 +25,11 @@ def get_config(arg="pixel"):
   elif arg == "model":
     # Model distillation: the high-capacity teacher sees the low-resolution input.
     config.teacher.input_size = 112
+    config.teacher.allow_other_resolution = True  # intended: the 224 px teacher fed 112
   elif arg == "resolution":
     # Resolution distillation: an R50 teacher (same as the student) at 224.
     config.teacher = default.get_model_config("resnet50", input_size=None)
     config.teacher.checkpoint = "runs/activitynet_resnet50_224"
     config.teacher.train_mode_bn = True
+    default.add_teacher_checks(config.teacher)
   return config

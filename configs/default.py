@@ -95,7 +95,15 @@ def get_teacher_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   teacher.checkpoint = checkpoint
   # The authors' teacher runs in train mode (BN batch statistics), without gradients.
   teacher.train_mode_bn = True
+  add_teacher_checks(teacher)
   return teacher
+
+
+def add_teacher_checks(teacher: ml_collections.ConfigDict) -> None:
+  """A teacher must see the resolution and class order of its meta.json (checked at start-up)
+  unless these say the difference is intended (e.g. a teacher fine-tuned at another size)."""
+  teacher.allow_other_resolution = False
+  teacher.allow_other_classes = False
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -138,6 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Micro-batches per optimizer update (optax.MultiSteps): the global batch of an update is
   # batch_size x grad_accum_steps; the schedule counts updates.
   config.optimizer.grad_accum_steps = 1
+  # AdamW (name="adamw") only; every optimizer's knobs exist in every config.
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
 
   config.batch_size = 64  # global, videos
   config.num_epochs = 100.0
@@ -165,6 +176,9 @@ def get_config() -> ml_collections.ConfigDict:
   # CPU: batch 1, 2 runs, float32 only). See reskd_jax/profiling.py.
   config.profile.batch_size = 0
   config.profile.timed_runs = 0
+  # Compute dtypes to time, e.g. ("float32", "bfloat16"); empty: the platform's (CPU:
+  # float32 only, accelerators: both).
+  config.profile.dtypes = ml_collections.FieldReference((), field_type=tuple)
   return config
 
 
@@ -294,6 +308,7 @@ def kinetics400_swin(mode: str) -> ml_collections.ConfigDict:
   config.teacher.drop_path_rate = 0.1
   config.teacher.checkpoint = "weights/swin_b_k400"
   config.teacher.train_mode_bn = True  # train mode: stochastic depth active
+  add_teacher_checks(config.teacher)
   config.kd_method = "pixel_logit"
   config.kd_weight = 200.0
   config.kd_temperature = 2.0
@@ -326,7 +341,8 @@ VARIANTS = ("tiny",)
 
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks a run for tests and smoke runs on a CPU: tiny nets, 32 px crops, 4 frames.
+  """Shrinks a run for tests and smoke runs on a CPU: tiny nets, 32 px crops, 4 frames,
+  6 steps evaluated once at the end (override num_train_steps / eval_every_epochs for more).
 
   The teacher and student keep their roles (the student still sees half the
   teacher's resolution); point `data.data_dir` and `teacher.checkpoint` at
@@ -360,6 +376,9 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = min(config.optimizer.grad_accum_steps, 2)
   config.log_every_steps = 1
   config.checkpoint_every_steps = 100
+  # A short schedule (a smoke run, not a training): 6 steps, evaluated at the end.
+  config.num_train_steps = 6
+  config.eval_every_epochs = 1000.0
   config.profile.resolutions = (crop, crop // 2)
   config.profile.batch_size = 2
   config.profile.timed_runs = 1

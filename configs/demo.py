@@ -67,6 +67,7 @@ def get_config(arg="reskd"):
   config.teacher = _model(input_size=None)
   config.teacher.checkpoint = "runs/demo/teacher"
   config.teacher.train_mode_bn = True
+  default.add_teacher_checks(config.teacher)
   config.kd_weight = 100.0
   if arg in ("clip", "frame"):
     config.kd_method = arg
@@ -83,6 +84,7 @@ def get_config(arg="reskd"):
     config.teacher = _model(input_size=32 if low else None, blocks=2)
     config.teacher.checkpoint = "runs/demo/" + ("teacher_large_low" if low else "teacher_large")
     config.teacher.train_mode_bn = True
+    default.add_teacher_checks(config.teacher)
 
   # AdamW suits this small scale (the paper's SGD recipe targets ImageNet-initialised R50s).
   config.optimizer.name = "adamw"

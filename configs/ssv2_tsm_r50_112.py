@@ -9,4 +9,5 @@ def get_config(arg=None):
   config.teacher.tsm = True
   config.teacher.checkpoint = "runs/ssv2_resnet50_224"
   config.teacher.train_mode_bn = True
+  default.add_teacher_checks(config.teacher)
   return default.apply_variant(config, arg)

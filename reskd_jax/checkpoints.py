@@ -154,6 +154,11 @@ def resolve_variables_dir(path: str) -> str:
     raise FileNotFoundError(
         f"{path!r} is a PyTorch file; convert it first: python -m reskd_jax.convert "
         f"--format=torchvision|mmaction --arch=... --input={path} --output=DIR")
+  best = os.path.join(path, "best_variables")
+  if os.path.isdir(os.path.join(best, ORBAX_DIR)):
+    raise FileNotFoundError(
+        f"{path!r} has no final variables/ yet (the run has not finished); its best model so "
+        f"far is {best!r}: pass that path instead")
   raise FileNotFoundError(
       f"{path!r} holds no saved variables: expected {os.path.join(path, ORBAX_DIR)!r} "
       f"(a directory written by reskd_jax.convert / save_variables) or "

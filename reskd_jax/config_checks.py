@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import input_pipeline, losses, meta as meta_lib, models, train_step, train_utils
-from reskd_jax.errors import ConfigError
+from reskd_jax.errors import CheckpointError, ConfigError
 
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
 # Settings a resumed run must share with the run that wrote its checkpoints.
@@ -72,6 +72,7 @@ def check_config(config) -> None:
                       f" would not see full resolution; reduced-scale decoding is for "
                       f"mode='baseline' runs (set config.data.decode_scale=1)")
   compute_dtype(config.dtype)
+  check_values(config)
   n = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     value = config[key]
@@ -84,6 +85,52 @@ def check_config(config) -> None:
   if not config.eval_every_epochs > 0:
     raise ConfigError(f"config.eval_every_epochs={config.eval_every_epochs}: must be positive")
   check_resolution(config)
+
+
+def check_values(config) -> None:
+  """Numbers that cannot mean anything (``num_train_steps=-5``, ``num_frames=0``, a crop
+  larger than the short side), before anything is written or compiled."""
+  for key in ("num_train_steps", "steps_per_epoch", "num_eval_steps"):
+    value = config[key]
+    if value != -1 and value < 1:
+      raise ConfigError(f"config.{key}={value}: must be at least 1, or -1 for "
+                        f"{'the data set size' if key != 'num_train_steps' else 'num_epochs'}")
+  if config.num_train_steps == -1 and not config.num_epochs > 0:
+    raise ConfigError(f"config.num_epochs={config.num_epochs}: must be positive (or set "
+                      f"config.num_train_steps)")
+  data = config.data
+  if data.sampling not in ("tsn", "dense"):
+    raise ConfigError(f"config.data.sampling={data.sampling!r}: expected 'tsn' or 'dense'")
+  if data.test_num_crops not in (1, 3):
+    raise ConfigError(f"config.data.test_num_crops={data.test_num_crops}: expected 1 (centre) "
+                      f"or 3 (ThreeCrop)")
+  for key in ("num_frames", "clip_len", "frame_interval", "test_num_clips", "crop_size",
+              "short_side", "shuffle_buffer"):
+    if int(data[key]) < 1:
+      raise ConfigError(f"config.data.{key}={data[key]}: must be at least 1")
+  scale = int(data.get("decode_scale", 1))
+  if scale not in (1, 2, 4, 8):
+    raise ConfigError(f"config.data.decode_scale={scale}: expected 1, 2, 4 or 8 (JPEG's DCT "
+                      f"scaling)")
+  if data.crop_size % scale or data.short_side % scale:
+    raise ConfigError(f"config.data.crop_size={data.crop_size} and config.data.short_side="
+                      f"{data.short_side} must be multiples of config.data.decode_scale={scale}")
+  if data.short_side < data.crop_size:
+    raise ConfigError(f"config.data.crop_size={data.crop_size} is larger than "
+                      f"config.data.short_side={data.short_side}: crops are taken from frames "
+                      f"resized to the short side; lower the crop or raise the short side")
+  opt = config.optimizer
+  if opt.get("name", "sgd") not in ("sgd", "adamw"):
+    raise ConfigError(f"config.optimizer.name={opt.name!r}: expected 'sgd' or 'adamw'")
+  if opt.get("schedule", "cosine") not in ("cosine", "step"):
+    raise ConfigError(f"config.optimizer.schedule={opt.schedule!r}: expected 'cosine' or "
+                      f"'step'")
+  if int(opt.get("grad_accum_steps", 1) or 1) < 1:
+    raise ConfigError(f"config.optimizer.grad_accum_steps={opt.grad_accum_steps}: must be at "
+                      f"least 1")
+  if not opt.base_batch_size > 0:
+    raise ConfigError(f"config.optimizer.base_batch_size={opt.base_batch_size}: must be "
+                      f"positive")
 
 
 def check_resolution(config) -> None:
@@ -171,6 +218,33 @@ def check_resume(config, saved: Optional[Mapping[str, Any]], workdir: str) -> No
       f"--config.allow_config_change=True")
 
 
+# Keys an evaluation may choose freely (the test transform and its batching).
+EVAL_FREE = ("data.test_num_clips", "data.test_num_crops", "data.eval_split", "eval_batch_size",
+             "num_eval_steps")
+
+
+def check_eval(config, saved: Optional[Mapping[str, Any]], workdir: str) -> None:
+  """``--mode=eval`` with a --config file that builds another model or reads other data than
+  the one the workdir trained is refused (the variables would not fit, or mean something
+  else)."""
+  if not saved or config.get("allow_config_change", False):
+    return
+  diffs = [d for d in resume_differences(config, saved) if d.split(":")[0] not in EVAL_FREE
+           and d.startswith(("model.", "data.", "num_classes:"))]
+  if diffs:
+    raise ConfigError(
+        f"{workdir} was trained with other settings than this config: {'; '.join(diffs)}. "
+        f"Evaluate it with its own config (`python main.py --workdir={workdir} --mode=eval`), "
+        f"or pass --config.allow_config_change=True")
+
+
+def all_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> List[str]:
+  """``key: before -> now`` for every key of two config.json payloads that differs."""
+  a, b = _flat(before), _flat(now)
+  return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
+
+
 # ---------------------------------------------------------------------------
 # Teachers.
 
@@ -219,6 +293,77 @@ def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
           f"but config.data.num_frames={num_frames}; temporal shifts need the same count")
     train_utils.warn(f"the teacher at {where} was trained on {frames} frames per clip; this "
                      f"run gives it {num_frames}")
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def first_mismatch(expected, got) -> Optional[str]:
+  """``'params/fc/kernel': checkpoint (64, 4), model (8, 4)`` for the first leaf of ``got``
+  (a variables tree) that is missing, extra or of another shape than ``expected`` (a tree
+  of arrays or ShapeDtypeStructs); None when they fit."""
+  def shapes(tree):
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", np.shape(leaf)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  want, have = shapes(expected), shapes(got)
+  for key in sorted(set(want) | set(have)):
+    if want.get(key) != have.get(key):
+      a = have.get(key, "missing")
+      b = want.get(key, "absent")
+      return f"{key!r}: checkpoint {a}, model {b}"
+  return None
+
+
+def check_variables_fit(model, variables, num_frames: int, size: int, where: str,
+                        what: str) -> None:
+  """Variables that do not fit ``model`` (the model the config builds) are one line naming
+  the first differing parameter and both shapes, not a flax ScopeParamShapeError."""
+  expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), num_frames,
+                                                          size))
+  expected = {k: v for k, v in expected.items() if k in ("params", "batch_stats")}
+  got = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  mismatch = first_mismatch(expected, got)
+  if mismatch:
+    raise CheckpointError(f"{where} does not fit the model of {what}: first difference "
+                          f"{mismatch}")
+
+
+def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str) -> None:
+  """The teacher must see the resolution and the class order it was trained with.
+
+  Its ``meta.json`` records both (``resolution``, ``class_names``; converted
+  weights record class names when the converter was given ``--classes``).
+  A difference is an error unless the config says it is intended:
+  ``config.teacher.allow_other_resolution`` (e.g. a teacher fine-tuned at
+  another resolution) or ``config.teacher.allow_other_classes``.
+  """
+  teacher = config.teacher
+  trained = meta.get("resolution")
+  fed = teacher.get("input_size") or input_pipeline.output_size(config.data)
+  if trained and int(trained) != int(fed) and not teacher.get("allow_other_resolution", False):
+    raise ConfigError(
+        f"the teacher at {where} was trained at {trained} px (its meta.json) but this run feeds "
+        f"it {fed} px (config.data.crop_size / config.teacher.input_size); set "
+        f"config.teacher.allow_other_resolution=True if that is intended")
+  names, ours = list(meta.get("class_names") or ()), list(class_names or ())
+  if names and ours and names != ours and not teacher.get("allow_other_classes", False):
+    if sorted(names) == sorted(ours):
+      first = next(i for i, (a, b) in enumerate(zip(names, ours)) if a != b)
+      what = (f"the same {len(ours)} classes in another order (label {first} is "
+              f"{names[first]!r} for the teacher, {ours[first]!r} in the data set)")
+    else:
+      only = sorted(set(names) - set(ours))[:3] or sorted(set(ours) - set(names))[:3]
+      what = (f"other classes ({len(names)} vs {len(ours)}; e.g. {only} in one but not the "
+              f"other)")
+    raise ConfigError(
+        f"the teacher at {where} was trained on {what}, not on those of config.data.data_dir="
+        f"{config.data.data_dir!r} (its meta.json class_names vs the data set's manifest); "
+        f"its logits would mean other classes. Convert it with the data set's class list, or "
+        f"set config.teacher.allow_other_classes=True if that is intended")
 
 
 def check_teacher_alignment(config, student, teacher, teacher_vars, classes: int,

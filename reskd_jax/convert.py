@@ -525,18 +525,25 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
 
 def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchvision",
                  tsm: bool = False, num_segments: Optional[int] = None,
-                 num_classes: Optional[int] = None, ignore_prefixes=(),
+                 num_classes: Optional[int] = None, ignore_prefixes=(), class_names=(),
                  **model_options) -> Dict[str, Any]:
   """Reads ``input_path``, converts, writes a variables directory; returns its metadata.
 
   ``model_options`` (build options that differ from the architecture's) are
   recorded in ``meta.json``, so that the variables can be rebuilt.
+  ``class_names`` (the release's class list, in the classifier's order) are
+  recorded too: a ResKD run then checks that its data set has them in that order.
   """
   obj = load_torch_file(input_path)
   variables, info = convert_state_dict(obj, arch, fmt=fmt, tsm=tsm, num_classes=num_classes,
                                        ignore_prefixes=ignore_prefixes, **model_options)
   meta = meta_lib.for_converted(arch, info["num_classes"], tsm, num_segments,
                                 os.path.abspath(input_path), fmt, model_options)
+  if class_names:
+    if len(class_names) != info["num_classes"]:
+      raise WeightsError(f"{len(class_names)} class names for a checkpoint with "
+                         f"{info['num_classes']} classes ({input_path})")
+    meta["class_names"] = [str(n) for n in class_names]
   checkpoints.save_variables(output_dir, variables, meta)
   return meta
 
@@ -563,6 +570,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="comma-separated key prefixes of the file to drop (e.g. 'teacher.')")
   p.add_argument("--input", required=True, help="the .pth file")
   p.add_argument("--output", required=True, help="output directory")
+  p.add_argument("--classes", default=None,
+                 help="the checkpoint's class names in classifier order (text file, one a line; "
+                      "a JSON list; or a converted data set directory), stored in meta.json so "
+                      "that runs can check the class order")
   return p
 
 
@@ -571,9 +582,14 @@ def main(argv=None) -> int:
   try:
     if os.path.isfile(args.output):
       raise WeightsError(f"--output={args.output!r} is a file; give a directory")
+    names = ()
+    if args.classes:
+      from reskd_jax import trained  # the one reader of class lists
+      names = trained.read_class_names(args.classes)
     meta = convert_file(args.input, args.output, args.arch, fmt=args.format, tsm=args.tsm,
                         num_segments=args.num_segments, num_classes=args.num_classes,
-                        ignore_prefixes=tuple(p for p in args.ignore.split(",") if p))
+                        ignore_prefixes=tuple(p for p in args.ignore.split(",") if p),
+                        class_names=names)
   except (WeightsError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -75,6 +75,9 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray,
       "top1": topk_accuracy(probs, labels, 1),
       "top5": topk_accuracy(probs, labels, 5),
       "mean_class_accuracy": mean_class_accuracy(probs, labels),
+      # Cross-entropy of the (view-averaged) predicted probabilities of the labels.
+      "loss": float(-np.mean(np.log(np.maximum(
+          probs[np.arange(labels.shape[0]), labels.astype(np.int64)], 1e-12)))),
       "num_videos": int(labels.shape[0]),
   }
   if multilabel is not None:

@@ -15,7 +15,9 @@ The output directory holds
                        unless --no-saved-model
 
 `reskd_jax.export.load(DIR)` returns a callable (NumPy/JAX uint8 in,
-probabilities out) that needs neither the model code nor the variables.
+probabilities out) that needs neither the model code nor the variables, nor
+TensorFlow (``reskd_jax.exported``); its ``predict_file(path)`` applies the
+export's own frame sampling and crops to a video file.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import input_pipeline, trained
 from reskd_jax.errors import EXIT_BAD_INPUT, ReskdError
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.exported import ARTIFACT_FILE, INFO_FILE, ExportedModel, load  # noqa: F401
+from reskd_jax.fileio import write_json_atomic
 
-ARTIFACT_FILE = "model.jax_export"
-INFO_FILE = "export.json"
+# Writing an export needs the model code and TensorFlow; loading one does not, so these
+# modules are imported by the functions that write (see reskd_jax.exported).
 SAVED_MODEL_DIR = "saved_model"
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -53,6 +55,7 @@ def serving_function(model: trained.TrainedModel) -> Callable:
 
 def input_spec(model: trained.TrainedModel, batch: Any = "b") -> jax.ShapeDtypeStruct:
   """The input the exported function takes; ``batch`` is a size or a symbolic name."""
+  from reskd_jax import input_pipeline
   if isinstance(batch, str):
     (batch,) = jax.export.symbolic_shape(batch)
   data = model.data
@@ -70,6 +73,7 @@ def export_model(model: trained.TrainedModel,
 
 def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str, Any]:
   """What `export.json` says: class names, the input and how to produce it."""
+  from reskd_jax import input_pipeline
   data = model.data
   frames = input_pipeline.frames_per_clip(data)
   sampling = (f"{frames} frames, one at the centre of each of {frames} equal segments"
@@ -100,6 +104,7 @@ def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str,
 
 def save_tf_saved_model(model: trained.TrainedModel, path: str) -> str:
   """A TensorFlow SavedModel of :func:`serving_function` (jax2tf, variables as tf.Variables)."""
+  from reskd_jax import input_pipeline
   import tensorflow as tf
   from jax.experimental import jax2tf
 
@@ -150,29 +155,8 @@ def export_directory(model: trained.TrainedModel, output: str, *,
   return info
 
 
-class ExportedModel:
-  """A loaded export: call it on uint8 ``(batch, T, S, S, 3)`` to get ``(batch, K)``."""
-
-  def __init__(self, directory: str):
-    self.info = read_json(os.path.join(directory, INFO_FILE), {})
-    path = os.path.join(directory, ARTIFACT_FILE)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{directory!r} holds no {ARTIFACT_FILE} (written by "
-                              f"python -m reskd_jax.export)")
-    with open(path, "rb") as f:
-      self.exported = jax.export.deserialize(bytearray(f.read()))
-    self.class_names = tuple(self.info.get("class_names", ()))
-
-  def __call__(self, video) -> jax.Array:
-    return self.exported.call(jnp.asarray(np.asarray(video, np.uint8)))
-
-
-def load(directory: str) -> ExportedModel:
-  """The callable of an export directory (see :class:`ExportedModel`)."""
-  return ExportedModel(directory)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  from reskd_jax import input_pipeline, trained
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   p = argparse.ArgumentParser(prog="python -m reskd_jax.export",
                               description=__doc__.split("\n\n")[0],

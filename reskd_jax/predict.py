@@ -154,6 +154,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   device = f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
   for err in out["errors"]:
     print(f"error: {err['error']}", file=sys.stderr)
+  if not model.class_names and out["results"]:
+    print(f"note: {args.workdir} records no class names (converted weights?), so classes are "
+          f"shown as class_<index>; pass --classes=FILE (one name a line, a JSON list, or the "
+          f"converted data set directory) to name them", file=sys.stderr)
   if args.json:
     payload = {"workdir": args.workdir, "device": device,
                "transform": {k: (list(v) if isinstance(v, tuple) else v)

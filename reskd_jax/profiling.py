@@ -40,6 +40,7 @@ import numpy as np
 
 from reskd_jax import flops
 from reskd_jax.models import registry
+from reskd_jax.errors import ConfigError
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -212,10 +213,11 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
   platform = jax.local_devices()[0].platform
   auto = platform_defaults(platform)
   resolutions = [int(r) for r in (resolutions if resolutions is not None else prof.resolutions)]
-  dtypes = list(dtypes if dtypes is not None else _cfg_get(prof, "dtypes", auto["dtypes"]))
+  dtypes = list(dtypes if dtypes is not None
+                else (_cfg_get(prof, "dtypes", None) or auto["dtypes"]))
   for dt in dtypes:
     if dt not in DTYPES:
-      raise ValueError(f"unknown dtype {dt!r} in profile dtypes; expected one of {sorted(DTYPES)}")
+      raise ConfigError(f"unknown dtype {dt!r} in config.profile.dtypes; expected one of {sorted(DTYPES)}")
   batch_size = int(_cfg_get(prof, "batch_size", 0))
   timed_runs = int(_cfg_get(prof, "timed_runs", 0))
   notes = []
@@ -226,18 +228,19 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
   if timed_runs <= 0:
     timed_runs = auto["timed_runs"]
   if platform == "cpu" and dtypes == ["float32"] and not _cfg_get(prof, "dtypes", None):
-    notes.append("float32 only on CPU (set config.profile.dtypes to add bfloat16)")
+    notes.append("float32 only on CPU (add bfloat16 with "
+                 "--config.profile.dtypes=\"('float32', 'bfloat16')\")")
   for note in notes:
     print(f"profile: {note}", flush=True)
   num_frames = int(config.data.num_frames)
   if not resolutions:
-    raise ValueError("no resolutions to profile (config.profile.resolutions is empty)")
+    raise ConfigError("no resolutions to profile (config.profile.resolutions is empty)")
 
   models = {dt: build_student(config, DTYPES[dt]) for dt in ("float32", *dtypes)}
   stride = registry.min_resolution(models["float32"])
   too_small = [r for r in resolutions if r < stride]
   if too_small:
-    raise ValueError(
+    raise ConfigError(
         f"resolution(s) {too_small} smaller than the total stride {stride} of "
         f"{config.model.name} (strides={tuple(_cfg_get(config.model, 'strides', ()))}, "
         f"stem={_cfg_get(config.model, 'stem', 'imagenet')!r}): the last feature map "

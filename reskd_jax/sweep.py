@@ -82,8 +82,10 @@ def main(argv=None) -> int:
   metric = args.metric or plots.choose_metric(points + baseline + ([teacher] if teacher else []))
   for name, group in (("reskd", points), ("baseline", baseline), ("teacher", [teacher] if teacher else [])):
     for r in sorted(group, key=lambda r: r["gflops_per_video"]):
-      print(f"{name:>8} {r.get('resolution', '?'):>5}px {r['gflops_per_video']:8.2f} GFLOPs "
-            f"{metric}={r.get(metric)}  ({r['workdir']})")
+      value = r.get(metric)
+      shown = f"{value:.4g}" if isinstance(value, (int, float)) else value
+      print(f"{name:>8} {r.get('resolution', '?'):>5}px {r['gflops_per_video']:8.3g} GFLOPs "
+            f"{metric}={shown}  ({r['workdir']})")
   print(f"wrote {args.out} and {summary}")
   return 0
 

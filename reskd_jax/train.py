@@ -20,19 +20,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Dict, List, Tuple
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from clu import metrics as clu_metrics
+from clu import periodic_actions
 
 from reskd_jax import checkpoints, config_checks, evaluate, flops, input_pipeline, meta as meta_lib
-from reskd_jax import models, optim, train_step, train_utils, workdir as workdir_lib
+from reskd_jax import models, optim, runlog, train_step, train_utils, workdir as workdir_lib
 from reskd_jax import shard_check
 from reskd_jax.config_checks import EVAL_METRICS, check_config, check_splits  # noqa: F401
 from reskd_jax.config_checks import check_teacher_alignment  # noqa: F401
-from reskd_jax.errors import ConfigError, NonFiniteError  # noqa: F401  (re-exported)
+from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError  # noqa: F401  (re-exported)
 from reskd_jax.fileio import read_json, write_json_atomic
 
 # Older names of the workdir's files (see reskd_jax.workdir).
@@ -136,7 +142,7 @@ def _lock(workdir: str):
   return contextlib.nullcontext()
 
 
-def _prepare_teacher(config) -> Dict[str, Any]:
+def _prepare_teacher(config, info=None) -> Dict[str, Any]:
   """Fills/checks ``config.teacher`` from its checkpoint's ``meta.json``; returns the meta."""
   if config.mode != "reskd":
     return {}
@@ -147,28 +153,153 @@ def _prepare_teacher(config) -> Dict[str, Any]:
     raise ConfigError(f"config.teacher.checkpoint: {e}") from None
   config_checks.fill_teacher(config, meta, repr(path))
   config_checks.check_resolution(config)
+  if info is not None:
+    config_checks.check_teacher_data(config, meta, info.class_names, repr(path))
   return meta
 
 
+# data_prep's converter for each data set of configs/ (the missing-data message names it).
+CONVERTERS = {"minik": "minik", "k400": "kinetics", "kinetics": "kinetics",
+              "activitynet": "activitynet", "fcvid": "fcvid", "ssv2": "sthv2", "demo": "demo"}
+
+
+def dataset_info(config):
+  """The data set's manifest summary; a missing one names the converter of this config."""
+  data_dir = config.data.data_dir
+  try:
+    return input_pipeline.dataset_info(data_dir)
+  except FileNotFoundError:
+    if os.path.isfile(os.path.join(data_dir, "manifest.json")):
+      raise
+    fmt = CONVERTERS.get(config.data.name, "folder")
+    example = (f"python -m data_prep demo --out={data_dir}" if fmt == "demo" else
+               f"python -m data_prep {fmt} --source=... --out={data_dir} --split="
+               f"{config.data.train_split}" + ("" if fmt == "folder" else " --annotations=..."))
+    raise DataError(
+        f"no converted data set at config.data.data_dir={data_dir!r} (manifest.json missing). "
+        f"Prepare it with `{example}` (data_prep/README.md; a folder of class sub-folders: "
+        f"`python -m data_prep folder`), or point config.data.data_dir at a converted "
+        f"directory") from None
+
+
+def _checkpoint_steps(workdir: str) -> List[int]:
+  """Steps of the train checkpoints on disk (no manager: nothing is created)."""
+  directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _finished(config, workdir: str, num_train_steps: int) -> Optional[Dict[str, Any]]:
+  """The results of a workdir that already trained ``num_train_steps`` (None: work to do).
+
+  Refuses a ``num_train_steps`` below the step the workdir has already reached:
+  training cannot go back, and config.json would no longer match results.json.
+  """
+  steps = _checkpoint_steps(workdir)
+  if not steps:
+    return None
+  if steps[-1] > num_train_steps:
+    raise ConfigError(
+        f"{workdir} has trained to step {steps[-1]} already, beyond config.num_train_steps="
+        f"{num_train_steps}; evaluate it (`python main.py --workdir={workdir} --mode=eval`), "
+        f"raise config.num_train_steps to train on, or use a new workdir")
+  results = read_json(os.path.join(workdir, workdir_lib.RESULTS), default=None)
+  if steps[-1] == num_train_steps and results and results.get("step") == num_train_steps:
+    return results
+  return None
+
+
+def _print(*lines: str) -> None:
+  if jax.process_index() == 0:
+    print("\n".join(lines), flush=True)
+
+
+def _teacher_line(config, meta) -> str:
+  if config.mode != "reskd":
+    return f"none (mode {config.mode!r})"
+  path = config.teacher.checkpoint
+  recorded = ""
+  for where in (path, os.path.dirname(os.path.abspath(path))):
+    results = read_json(os.path.join(where, workdir_lib.RESULTS), default=None)
+    if results:
+      metric = config.eval_metric
+      value = (results.get("best") or {}).get(metric, results.get(metric))
+      if value is not None:
+        recorded = f", recorded {metric} {value:.4g}"
+        break
+  about = ", ".join(x for x in (f"{meta['resolution']} px" if meta.get("resolution") else "",
+                                 str(meta.get("source") or ""), recorded.lstrip(", ")) if x)
+  return f"{config.teacher.name} from {path}" + (f" ({about})" if about else "")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains, evaluates, writes ``results.json``; returns the final eval metrics."""
+  """Trains, evaluates, writes ``results.json``; returns the final eval metrics.
+
+  Every start-up check (config values, data set, teacher, a finished or
+  overrun workdir) runs before anything is written; a start-up that fails in
+  a workdir it created leaves no workdir behind.
+  """
+  if absl_logging.get_verbosity() < absl_logging.INFO:  # quiet (main.py's default)
+    train_utils.drop_library_chatter()
   config_checks.check_config(config)
-  info = input_pipeline.dataset_info(config.data.data_dir)
+  info = dataset_info(config)
   config_checks.check_splits(config, info)
   shard_check.check_training_data(config.data)  # every split read: counts, sizes, checksums
   num_classes = config_checks.num_classes(config, info)
-  os.makedirs(workdir, exist_ok=True)
-  with _lock(workdir):
-    return _train(config, workdir, info, num_classes)
+  teacher_meta = _prepare_teacher(config, info)
+  steps_per_epoch, num_train_steps = _steps(config, info)
+  if os.path.isdir(workdir):
+    results = _finished(config, workdir, num_train_steps)
+    if results is not None:
+      best = results.get("best") or {}
+      _print(f"{workdir} is finished: it trained all {num_train_steps} steps "
+             f"({config.eval_metric}={results.get(config.eval_metric, float('nan')):.4g}, best "
+             f"{best.get(config.eval_metric, float('nan')):.4g} at step {best.get('step', '?')}). "
+             f"Results: {os.path.join(workdir, workdir_lib.RESULTS)}, variables: "
+             f"{os.path.join(workdir, workdir_lib.VARIABLES)}. Nothing to do (raise "
+             f"config.num_train_steps to train on; --mode=eval to evaluate)")
+      return dict(results, finished=True)
+  created = not os.path.exists(workdir)
+  started = []  # set once the training loop runs: from then on the workdir is kept
+  try:
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+    train_utils.sync_processes("reskd-workdir-made")
+    with _lock(workdir), runlog.RunLog(workdir):
+      return _train(config, workdir, info, num_classes, teacher_meta, steps_per_epoch,
+                    num_train_steps, started)
+  except BaseException:
+    if created and not started and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # nothing of value: no half-made workdir
+    raise
 
 
-def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
-  teacher_meta = _prepare_teacher(config)
+def _segment(config, workdir: str, start_step: int, saved_config) -> Dict[str, Any]:
+  """This start's entry of ``history.json``; prints what differs from the last segment."""
+  history = read_json(os.path.join(workdir, workdir_lib.HISTORY), default=None) or []
+  now = config_checks.config_to_json(config)
+  segment = {"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "platform": jax.devices()[0].platform, "devices": jax.device_count(),
+             "processes": jax.process_count(),
+             "changes": config_checks.all_differences(saved_config, now) if saved_config else []}
+  if history and start_step > 0:
+    last = history[-1]
+    if (last.get("devices"), last.get("processes")) != (segment["devices"],
+                                                        segment["processes"]):
+      segment["device_change"] = (f"{last.get('devices')} devices / {last.get('processes')} "
+                                  f"processes -> {segment['devices']} / "
+                                  f"{segment['processes']}")
+  return {"history": history, "segment": segment}
+
+
+def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per_epoch: int,
+           num_train_steps: int, started: list) -> Dict[str, Any]:
   manager = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
   config_path = os.path.join(workdir, workdir_lib.CONFIG)
+  saved_config = read_json(config_path, default=None)
   if manager.all_steps():
-    config_checks.check_resume(config, read_json(config_path), workdir)
-  _save_json(config_path, config_checks.config_to_json(config))
+    config_checks.check_resume(config, saved_config, workdir)
 
   mesh = train_step.make_mesh()
   dtype = config_checks.compute_dtype(config.dtype)
@@ -194,7 +325,6 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
     config_checks.check_teacher_alignment(config, student, models.with_bn_axis(teacher, None),
                                           teacher_vars, num_classes, teacher_meta)
 
-  steps_per_epoch, num_train_steps = _steps(config, info)
   # With gradient accumulation the schedule counts optimizer updates, `step` micro-batches.
   accum = optim.grad_accum_steps(config.optimizer)
   schedule = optim.learning_rate_schedule(
@@ -204,11 +334,20 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
   tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
   state = train_step.create_train_state(variables, tx)
 
+  _check_checkpoint_fits(workdir, state)
   restored = manager.restore(jax.tree.map(np.asarray, state))
   last_good = None
   if restored is not None:
     state, last_good = restored
   start_step = int(state.step)
+  # Only now, with every check passed and the checkpoint restored, does config.json
+  # describe this run; history.json keeps what each segment changed.
+  run = _segment(config, workdir, start_step, saved_config)
+  _save_json(config_path, config_checks.config_to_json(config))
+  _save_json(os.path.join(workdir, workdir_lib.HISTORY), run["history"] + [run["segment"]])
+  _startup_block(config, workdir, info, num_classes, steps_per_epoch, num_train_steps,
+                 start_step, teacher_meta, run["segment"])
+
   state = train_step.replicate(state, mesh)
   teacher_vars = train_step.replicate(teacher_vars, mesh)
 
@@ -231,16 +370,17 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items()
                           if isinstance(v, (int, float, str, bool))})
-  progress = train_utils.Progress(num_train_steps, config.batch_size, first_step=start_step)
   eval_every = max(int(config.eval_every_epochs * steps_per_epoch), 1)
+  progress = train_utils.Progress(num_train_steps, config.batch_size, writer=writer,
+                                  every_steps=config.log_every_steps)
   best_path = os.path.join(workdir, workdir_lib.BEST_VARIABLES)
   best = read_best(workdir)
   final_metrics: Dict[str, Any] = {}
-  history = []
+  averages_cls, averages = None, None  # clu.metrics averages of the current log interval
   preempted = False
+  # The steps' non-finite flags are computed on device and fetched only at log, eval and
+  # checkpoint boundaries (one transfer, no per-step host sync); clu has no such guard.
   watch = _FiniteWatch()
-  logging.info("training %s (%s) for %d steps (%d per epoch) from step %d", config.model.name,
-               config.mode, num_train_steps, steps_per_epoch, start_step)
 
   def _save(step: int, force: bool = False) -> None:
     nonlocal last_good
@@ -250,41 +390,66 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
       writer.commit(upto=last_good)
     last_good = step
 
+  def _log(step: int, t: float) -> None:
+    nonlocal averages
+    del t
+    watch.check(last_good, manager.directory)
+    summary = {k: float(v) for k, v in averages.compute().items()}
+    summary["learning_rate"] = float(schedule((step - 1) // accum))
+    averages = None
+    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+    progress.metrics = {k: summary[k] for k in ("loss", "ce_loss", "kd_loss", "accuracy")
+                        if k in summary}
+
+  def _evaluate(step: int, t: float) -> None:
+    nonlocal final_metrics, best
+    del t
+    watch.check(last_good, manager.directory)  # never evaluate (or keep) a NaN model
+    final_metrics = evaluator(state.variables)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in final_metrics.items()
+                                if k in EVAL_METRICS + ("loss",)})
+    _print(f"[eval] step {step}: " + " ".join(
+        f"{k}={final_metrics[k]:.4f}" for k in EVAL_METRICS + ("loss",) if k in final_metrics))
+    value = final_metrics.get(config.eval_metric)
+    if value is not None and np.isfinite(value) and value > best.get(config.eval_metric, -1.0):
+      best = {config.eval_metric: value, "step": step}
+      # best.json lives inside best_variables: both change in one rename.
+      _save_variables(best_path, state.variables, config, num_classes,
+                      extra_json={workdir_lib.BEST: best}, class_names=info.class_names)
+
+  # clu's periodic actions give the cadence (every N steps, and at the last step).
+  last = [num_train_steps]
+  log_action = periodic_actions.PeriodicCallback(
+      every_steps=config.log_every_steps, on_steps=last, callback_fn=_log)
+  eval_action = periodic_actions.PeriodicCallback(
+      every_steps=eval_every, on_steps=last, callback_fn=_evaluate)
+  save_action = periodic_actions.PeriodicCallback(
+      every_steps=config.checkpoint_every_steps, on_steps=last,
+      callback_fn=lambda step, t: _save(step))
+
   train_utils.sync_processes("reskd-train-loop")  # all compiled and ready: start together
+  started.append(True)
   try:
+    # The stop flag is ours, not clu's: with several processes every one must stop after
+    # the same step (an all-reduce of the flags), which no clu/orbax hook provides.
     with train_utils.StopSignal(mesh) as stop:
       for step in range(start_step + 1, num_train_steps + 1):
         batch = next(batches)
+        if step == 1:
+          _write_views(writer, config, batch)
         state, metrics = step_fn(state, teacher_vars, batch, step_rng)
         watch.add(step, metrics)
-        history.append(metrics)
-        if step % config.log_every_steps == 0 or step == num_train_steps:
-          watch.check(last_good, manager.directory)
-          summary = {k: float(np.mean([float(m[k]) for m in history]))
-                     for k in history[0] if k != "non_finite"}
-          summary["learning_rate"] = float(schedule((step - 1) // accum))
-          history = []
-          writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-          progress.update(step, {k: summary[k] for k in ("loss", "ce_loss", "kd_loss",
-                                                         "accuracy")})
-        if step % eval_every == 0 or step == num_train_steps:
-          watch.check(last_good, manager.directory)  # never evaluate (or keep) a NaN model
-          final_metrics = evaluator(state.variables)
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in final_metrics.items()
-                                      if k in EVAL_METRICS})
-          print(f"[eval] step {step}: " + " ".join(
-              f"{k}={final_metrics[k]:.4f}" for k in EVAL_METRICS if k in final_metrics),
-              flush=True)
-          value = final_metrics.get(config.eval_metric)
-          if (value is not None and np.isfinite(value)
-              and value > best.get(config.eval_metric, -1.0)):
-            best = {config.eval_metric: value, "step": step}
-            # best.json lives inside best_variables: both change in one rename.
-            _save_variables(best_path, state.variables, config, num_classes,
-                            extra_json={workdir_lib.BEST: best}, class_names=info.class_names)
-        saved = step % config.checkpoint_every_steps == 0 or step == num_train_steps
-        if saved:
-          _save(step)
+        values = {k: v for k, v in metrics.items() if k != "non_finite"}
+        if averages_cls is None:
+          averages_cls = _average_collection(values)
+        update = averages_cls.single_from_model_output(**values)
+        averages = update if averages is None else averages.merge(update)
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)  # compiled and run: the progress clock starts here
+        log_action(step)
+        progress(step)
+        eval_action(step)
+        saved = save_action(step)
         if stop.should_stop():  # the same step on every process
           if not saved:
             _save(step, force=True)
@@ -299,8 +464,9 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
   manager.wait_until_finished()
   writer.commit()
   if preempted:
-    print(f"stopped at step {int(state.step)} after a signal; rerun the same command to "
-          f"resume from {workdir}", flush=True)
+    # Every process says it (each has its own log, and the signal may have reached any).
+    print(f"stopped at step {int(state.step)} after a signal; rerun `python main.py "
+          f"--workdir={workdir}` to resume", flush=True)
     return {"preempted": True, "step": int(state.step)}
 
   if not final_metrics:  # resumed after the last step: nothing ran, evaluate once
@@ -316,14 +482,131 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
       "gflops_per_video": _gflops(config, student, variables),
   })
   _save_json(os.path.join(workdir, workdir_lib.RESULTS), results)
+  # Everything that would otherwise run at exit (the asynchronous TensorBoard writer, the
+  # checkpoint manager's threads) finishes before the last line, not silently after it.
+  writer.close()
+  manager.close()
+  metric = config.eval_metric
+  _print(f"[done] step {int(state.step)}: {metric}={results.get(metric, float('nan')):.4f}, "
+         f"best {best.get(metric, float('nan')):.4f} at step {best.get('step', '?')}",
+         f"  results    {os.path.join(workdir, workdir_lib.RESULTS)}",
+         f"  variables  {os.path.join(workdir, workdir_lib.VARIABLES)} (best: {best_path})")
   return results
+
+
+def _check_checkpoint_fits(workdir: str, state) -> None:
+  """The newest checkpoint must hold the parameters of the model this config builds.
+
+  Read from the checkpoint's metadata before any restore, so that a model change
+  (e.g. under ``allow_config_change``) is one line naming the first differing
+  parameter and both shapes, and no checkpoint is set aside as "unusable".
+  """
+  steps = _checkpoint_steps(workdir)
+  if not steps:
+    return
+  directory = os.path.join(workdir, workdir_lib.CHECKPOINTS, str(steps[-1]), "default")
+  try:
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      with ocp.StandardCheckpointer() as reader:
+        saved = reader.metadata(directory)
+    finally:
+      absl_logging.set_verbosity(level)
+    saved = getattr(saved, "item_metadata", saved)
+    saved = {k: saved[k] for k in ("params", "batch_stats") if k in saved}
+  except Exception:  # noqa: BLE001  unreadable metadata: the restore names the problem
+    return
+  model = {"params": state.params, "batch_stats": state.batch_stats}
+  mismatch = config_checks.first_mismatch(model, saved)
+  if mismatch:
+    raise CheckpointError(
+        f"the checkpoint {os.path.dirname(directory)} does not fit the model this config "
+        f"builds (config.model): first difference {mismatch}. "
+        f"Resume with the config that wrote it, or use a new workdir")
+
+
+def _average_collection(values):
+  """A clu.metrics Collection averaging each of the step's metrics over a log interval."""
+  return clu_metrics.Collection.create(
+      **{k: clu_metrics.Average.from_output(k) for k in sorted(values)})
+
+
+def _startup_block(config, workdir, info, num_classes, steps_per_epoch, num_train_steps,
+                   start_step, teacher_meta, segment) -> None:
+  """One block saying what this run is: where, on what, with what data, for how long."""
+  n = jax.device_count()
+  splits = ", ".join(f"{s} {info.num_videos.get(s, 0)}" for s in
+                     (config.data.train_split, config.data.eval_split))
+  eval_every = max(int(config.eval_every_epochs * steps_per_epoch), 1)
+  head = (f"resumed from step {start_step}" if start_step else "starting")
+  lines = [
+      f"[run] {config.mode} run of {config.model.name}, {head} in {workdir}",
+      f"  platform    {jax.devices()[0].platform}, {n} devices, {jax.process_count()} "
+      f"process(es)",
+      f"  data        {config.data.name} at {config.data.data_dir}: {splits} videos, "
+      f"{num_classes} classes",
+      f"  batch       {config.batch_size} global, {config.batch_size // n} per device"
+      + (f", x{optim.grad_accum_steps(config.optimizer)} accumulated"
+         if optim.grad_accum_steps(config.optimizer) > 1 else ""),
+      f"  schedule    {num_train_steps} steps = {num_train_steps / steps_per_epoch:.3g} epochs "
+      f"of {steps_per_epoch} steps",
+      f"  cadence     eval {_every(eval_every, num_train_steps)} on "
+      f"{config.data.eval_split!r}, checkpoint {_every(config.checkpoint_every_steps, num_train_steps)}"
+      f" (keep {config.keep_checkpoints}) and on a signal, log "
+      f"{_every(config.log_every_steps, num_train_steps)}",
+      f"  teacher     {_teacher_line(config, teacher_meta)}",
+  ]
+  if segment.get("changes"):
+    lines.append(f"  changed     since the last segment: {'; '.join(segment['changes'])} "
+                 f"(recorded in {workdir_lib.HISTORY})")
+  if segment.get("device_change"):
+    lines.append(f"  devices     changed on resume: {segment['device_change']}; the global "
+                 f"batch and the schedule are kept, per-device BatchNorm statistics and, with "
+                 f"another process count, the data order differ (see docs/workdir.md)")
+  _print(*lines)
+
+
+def _every(interval: int, total: int) -> str:
+  if interval == 1:
+    return "every step"
+  return (f"every {interval} steps and at the last" if interval < total else
+          "at the last step")
+
+
+def _write_views(writer, config, batch) -> None:
+  """Once per run: the first training clip as the teacher (or the model) sees it and as the
+  student sees it (in-model resize), frames side by side: a check of sampling, crop, resize."""
+  if jax.process_index() != 0:
+    return
+  clip = np.asarray(batch["video"].addressable_shards[0].data[0])  # (T, S, S, 3) uint8
+  images = {}
+  big = config.teacher.get("input_size") if config.mode == "reskd" else None
+  teacher = clip if not big else _resize(clip, big)
+  student = _resize(clip, config.model.input_size) if config.model.input_size else clip
+  if config.mode == "reskd":
+    images["train/teacher_view"] = _strip(teacher)
+  images["train/student_view" if config.mode != "teacher" else "train/model_view"] = \
+      _strip(student)
+  writer.write_images(1, images)
+
+
+def _resize(clip, size: int):
+  out = jax.image.resize(jnp.asarray(clip, jnp.float32), (clip.shape[0], size, size, 3),
+                         "bilinear", antialias=False)
+  return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
+
+
+def _strip(clip) -> np.ndarray:
+  """(T, H, W, 3) -> (1, H, T*W, 3): the frames left to right."""
+  return np.concatenate(list(clip), axis=1)[None]
 
 
 def _print_metrics(title: str, metrics: Dict[str, Any]) -> None:
   if jax.process_index() != 0:
     return
   print(title)
-  for key in EVAL_METRICS + ("num_videos", "gflops_per_video", "eval_seconds"):
+  for key in EVAL_METRICS + ("loss", "num_videos", "gflops_per_video", "eval_seconds"):
     if key in metrics:
       value = metrics[key]
       print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
@@ -333,13 +616,18 @@ def _print_metrics(title: str, metrics: Dict[str, Any]) -> None:
 def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   """``--mode=eval``: evaluates ``<workdir>/variables``, prints and writes ``eval_results.json``."""
   config_checks.check_config(config)
-  info = input_pipeline.dataset_info(config.data.data_dir)
+  config_checks.check_eval(config, read_json(os.path.join(workdir, workdir_lib.CONFIG),
+                                             default=None), workdir)
+  info = dataset_info(config)
   config_checks.check_splits(config, info, train=False)
   num_classes = config_checks.num_classes(config, info)
   dtype = config_checks.compute_dtype(config.dtype)
   model = build_from_config(config.model, num_classes, dtype=dtype)
   source = checkpoints.resolve_variables_dir(workdir)
   variables = checkpoints.load_variables(source)
+  config_checks.check_variables_fit(model, variables, input_pipeline.frames_per_clip(config.data),
+                                    config.data.crop_size, source,
+                                    f"config.model ({config.model.name}, {num_classes} classes)")
   mesh = train_step.make_mesh()
   metrics = evaluate.Evaluator(config, model, mesh, num_classes, info, dtype)(
       train_step.replicate(variables, mesh))

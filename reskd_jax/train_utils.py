@@ -1,6 +1,6 @@
 """Generic training utilities, apart from the method (scenic style).
 
-Progress line with rate and ETA, one-line warnings, a TensorBoard metric
+Progress line with rate and ETA (clu's ReportProgress), one-line warnings, a TensorBoard metric
 writer that holds points back until the checkpoint covering them is saved
 (so a resumed run never writes a step twice), and a SIGTERM/SIGINT latch for
 preemptible machines. Train checkpoints live in ``reskd_jax.checkpoints``.
@@ -18,12 +18,39 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
+from clu import periodic_actions
 
 
 def warn(message: str) -> None:
   """``warning: message`` on stderr (process 0 only)."""
   if jax.process_index() == 0:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# Library warnings that describe normal operation, not a problem of the run: orbax's note
+# that a checkpoint written by another orbax version has no _CHECKPOINT_METADATA file, and
+# its removal of a step directory a killed run left unfinished (the resume then uses the
+# previous, complete checkpoint, which the run names itself).
+_CHATTER = ("_CHECKPOINT_METADATA", "Removing existing directory since it is not finalized")
+
+
+class _DropChatter:
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in _CHATTER)
+
+
+def drop_library_chatter() -> None:
+  """Keeps the warnings of ``_CHATTER`` out of the terminal and ``train.log``."""
+  import logging
+  for name in ("absl", "orbax"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _DropChatter) for f in logger.filters):
+      logger.addFilter(_DropChatter())
+  from absl import logging as absl_logging
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropChatter) for f in handler.filters):
+    handler.addFilter(_DropChatter())
 
 
 def create_metric_writer(workdir: str):
@@ -52,6 +79,9 @@ class CommittedWriter:
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._pending.append(("hparams", -1, dict(hparams)))
 
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    self._pending.append(("images", int(step), dict(images)))
+
   def commit(self, upto: Optional[int] = None) -> None:
     """Writes the pending points of steps ``<= upto`` (all when None)."""
     if upto is None:
@@ -62,6 +92,8 @@ class CommittedWriter:
     for kind, step, payload in now:
       if kind == "scalars":
         self._writer.write_scalars(step, payload)
+      elif kind == "images":
+        self._writer.write_images(step, payload)
       else:
         self._writer.write_hparams(payload)
     if now:
@@ -84,35 +116,58 @@ def _fmt_seconds(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-class Progress:
-  """Prints ``step i/N | x steps/s, y videos/s | metrics | ETA`` lines."""
+class Progress(periodic_actions.ReportProgress):
+  """clu's ``ReportProgress`` that also prints the progress line a person watches.
 
-  def __init__(self, total_steps: int, batch_size: int, first_step: int = 0, stream=None,
-               name: str = "train"):
-    self.total = total_steps
+  ``step i/N (p%) | x steps/s, y videos/s | metrics | ETA`` on process 0, and
+  ``steps_per_sec``/``videos_per_sec`` to the metric writer. What clu's class
+  lacks (and this adds): a printed line (clu only sets the work-unit notes,
+  which locally is an INFO log line), the metrics of the interval and the
+  videos/s. Its first call (made once the first step has finished) only sets
+  the clock, so neither the rate nor the ETA includes compilation.
+  """
+
+  def __init__(self, num_train_steps: int, batch_size: int, writer=None, every_steps: int = 1,
+               stream=None, name: str = "train"):
+    super().__init__(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps,
+                     every_secs=None)
     self.batch_size = batch_size
     self.name = name
-    self.stream = stream or sys.stdout
-    self._t0 = time.time()
-    self._s0 = first_step
-    self._last_t = self._t0
-    self._last_s = first_step
+    self.stream = stream
+    self.metrics: Dict[str, float] = {}
+    self.line = ""
 
-  def update(self, step: int, metrics: Optional[Dict[str, float]] = None) -> str:
-    now = time.time()
-    rate = (step - self._last_s) / max(now - self._last_t, 1e-9)
-    overall = (step - self._s0) / max(now - self._t0, 1e-9)
-    eta = (self.total - step) / overall if overall > 0 else float("inf")
-    parts = [f"[{self.name}] step {step}/{self.total} ({100.0 * step / max(self.total, 1):.1f}%)",
+  def __call__(self, step: int, t: Optional[float] = None) -> bool:
+    first = self._previous_step is None
+    t = time.monotonic() if t is None else t
+    triggered = super().__call__(step, t)
+    if first:  # the clock starts now; say what the start (compilation included) took
+      self.line = " | ".join(
+          [f"[{self.name}] step {step}/{self._num_train_steps} "
+           f"({100.0 * step / max(self._num_train_steps or 1, 1):.1f}%)",
+           f"first step (compilation included) after {t - self._t0:.1f} s"]
+          + ([" ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items()))]
+             if self.metrics else [])
+          + ["ETA from the next report"])
+      if jax.process_index() == 0:
+        print(self.line, file=self.stream or sys.stdout, flush=True)
+    return triggered
+
+  def _apply(self, step: int, t: float):
+    rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+    eta = (self._num_train_steps - step) / rate if self._num_train_steps else float("nan")
+    parts = [f"[{self.name}] step {step}/{self._num_train_steps} "
+             f"({100.0 * step / max(self._num_train_steps or 1, 1):.1f}%)",
              f"{rate:.2f} steps/s, {rate * self.batch_size:.1f} videos/s"]
-    if metrics:
-      parts.append(" ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if self.metrics:
+      parts.append(" ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items())))
     parts.append(f"ETA {_fmt_seconds(eta) if np.isfinite(eta) else '?'}")
-    line = " | ".join(parts)
+    self.line = " | ".join(parts)
     if jax.process_index() == 0:
-      print(line, file=self.stream, flush=True)
-    self._last_t, self._last_s = now, step
-    return line
+      print(self.line, file=self.stream or sys.stdout, flush=True)
+    if self._writer is not None:
+      self._writer.write_scalars(step, {"train/steps_per_sec": rate,
+                                        "train/videos_per_sec": rate * self.batch_size})
 
 
 def sync_processes(name: str, timeout_s: int = 1800) -> None:

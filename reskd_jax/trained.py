@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from reskd_jax import augment, checkpoints, input_pipeline, models, records, train_step
+from reskd_jax import augment, checkpoints, exported, input_pipeline, models, records, train_step
 from reskd_jax.errors import CheckpointError, ConfigError
 from reskd_jax.fileio import read_json
 
@@ -75,13 +74,7 @@ class TrainedModel:
     The evaluator's transform (``input_pipeline.eval_indices``/``eval_views``):
     frame sampling, short-side resize, centre or three crops.
     """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-      raise ValueError(f"expected decoded frames (N, H, W, 3) with N >= 1, got {frames.shape}")
-    indices = input_pipeline.eval_indices(frames.shape[0], self.data)
-    unique, inverse = tf.unique(tf.reshape(indices, [-1]))
-    images = tf.gather(tf.convert_to_tensor(frames, tf.uint8), unique)
-    return input_pipeline.eval_views(images, inverse, self.data).numpy()
+    return exported.test_views(frames, self.data)
 
   def class_name(self, k: int) -> str:
     return self.class_names[k] if k < len(self.class_names) else f"class_{k}"

@@ -1,6 +1,10 @@
 """The files of a training workdir, named once, and the lock that keeps one run per workdir.
 
-    config.json          the config of the run (checked on resume)
+    config.json          the config of the run (checked on resume; written once the
+                         start-up checks and the restore have succeeded)
+    history.json         the run's segments: where each start began (step), on which
+                         devices, and which config keys changed since the last one
+    train.log            what process 0 printed, appended across resumes
     checkpoints/         resumable train states (``checkpoints.TrainCheckpoints``)
     variables/           the final student (a variables directory, ``checkpoints.save_variables``)
     best_variables/      the best student so far, with its ``best.json`` (metric, step)
@@ -23,6 +27,8 @@ from reskd_jax import fileio, train_utils
 from reskd_jax.errors import ConfigError
 
 CONFIG = "config.json"
+HISTORY = "history.json"
+LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 VARIABLES = "variables"
 BEST_VARIABLES = "best_variables"

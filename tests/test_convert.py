@@ -269,3 +269,17 @@ def test_cli_converts_torchvision_file(tmp_path, capsys):
   assert meta["source_format"] == "torchvision"
   loaded = checkpoints.load_variables(str(out))
   np.testing.assert_array_equal(loaded["params"]["fc"]["bias"], tmodel.fc.bias.detach().numpy())
+  # --classes stores the release's class order in meta.json (checked by ResKD runs); a list
+  # of another length than the classifier's is refused.
+  names = tmp_path / "classes.txt"
+  names.write_text("".join(f"class {k}\n" for k in range(NUM_CLASSES)))
+  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+                       f"--output={out}", "--ignore=teacher.", f"--classes={names}"]) == 0
+  meta = json.loads((out / "meta.json").read_text())
+  assert meta["class_names"] == [f"class {k}" for k in range(NUM_CLASSES)]
+  names.write_text("only one\n")
+  capsys.readouterr()
+  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+                       f"--output={tmp_path / 'r18b'}", "--ignore=teacher.",
+                       f"--classes={names}"]) == 2
+  assert f"1 class names for a checkpoint with {NUM_CLASSES} classes" in capsys.readouterr().err

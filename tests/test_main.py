@@ -83,24 +83,157 @@ def _run(cmd, timeout=300):
                         timeout=timeout)
 
 
-def test_minik_config_trains_then_evaluates(setup):
+def _tensorboard_tags(workdir):
+  """{tag: kind} of the workdir's event files (kind: 'image' or 'scalar')."""
+  tags = {}
+  for name in os.listdir(workdir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for value in event.summary.value:
+          plugin = value.metadata.plugin_data.plugin_name
+          tags[value.tag] = "image" if plugin == "images" else "scalar"
+  return tags
+
+
+@pytest.fixture(scope="module")
+def trained_run(setup):
+  """A 3-step ResKD run started with the whole command (8 devices)."""
   workdir = str(setup["root"] / "run")
-  proc = _run(_cmd(setup, workdir, "--config.num_train_steps=6",
+  proc = _run(_cmd(setup, workdir, "--config.num_train_steps=3",
                    "--config.data.test_num_clips=2"))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "[train] step 6/6" in proc.stdout and "ETA" in proc.stdout
+  return workdir, proc
+
+
+def test_workdir_alone_resumes_evaluates_and_says_it_is_finished(setup, trained_run):
+  workdir, first = trained_run
+  out = first.stdout
+  # The start-up block, the progress (its first ETA after compilation) and the summary.
+  for needle in ("[run] reskd run of resnet18, starting in", "platform    cpu, 8 devices",
+                 "train 32, val 12 videos, 4 classes", "8 global, 1 per device",
+                 "3 steps", f"teacher     resnet18 from {setup['teacher']}",
+                 "[train] step 3/3", "ETA", "[done] step 3", "results.json", "variables"):
+    assert needle in out, (needle, out[-3000:])
   results = json.load(open(os.path.join(workdir, "results.json")))
-  assert results["mode"] == "reskd" and results["step"] == 6
+  assert results["mode"] == "reskd" and results["step"] == 3
   assert results["num_videos"] == 12 and 0.0 <= results["top1"] <= 1.0
   assert results["resolution"] == 16 and results["gflops_per_video"] > 0
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  assert os.path.isdir(os.path.join(workdir, "variables"))
+  config_before = open(os.path.join(workdir, "config.json")).read()
 
-  proc = _run(_cmd(setup, workdir, "--mode=eval", "--config.data.test_num_clips=2"))
+  # Resume with --workdir alone (+ overrides, checked as usual) on another device count.
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}",
+                         "--config.num_train_steps=5", "--config.kd_weight=50.0"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step 3" in proc.stdout and "[train] step 5/5" in proc.stdout
+  assert "[train] step 1/" not in proc.stdout
+  changed = [l for l in proc.stdout.splitlines() if l.strip().startswith("changed")]
+  assert len(changed) == 1 and "kd_weight: 100.0 -> 50.0" in changed[0], proc.stdout
+  devices = [l for l in proc.stdout.splitlines() if l.strip().startswith("devices")]
+  assert len(devices) == 1 and "8 devices / 1 processes -> 4 / 1" in devices[0], proc.stdout
+  history = json.load(open(os.path.join(workdir, "history.json")))
+  assert [h["start_step"] for h in history] == [0, 3]
+  assert [h["devices"] for h in history] == [8, 4]
+  assert "kd_weight: 100.0 -> 50.0" in history[1]["changes"]
+  assert "num_train_steps: 3 -> 5" in history[1]["changes"]
+  assert "device_change" in history[1] and "device_change" not in history[0]
+  assert json.load(open(os.path.join(workdir, "config.json")))["kd_weight"] == 50.0
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["step"] == 5
+
+  # train.log: both starts, each start-up block, the progress and the summary.
+  log = open(os.path.join(workdir, "train.log")).read()
+  assert log.count("=== ") >= 4 and log.count(" start on ") == 2
+  assert "starting in" in log and "resumed from step 3" in log and "[done] step 5" in log
+  assert "[train] step 5/5" in log and "kd_weight: 100.0 -> 50.0" in log
+
+  # TensorBoard: rates, evaluation loss and one image of a training clip per view.
+  tags = _tensorboard_tags(workdir)
+  for tag in ("train/steps_per_sec", "train/videos_per_sec", "train/loss", "eval/loss",
+              "eval/top1"):
+    assert tags.get(tag) == "scalar", (tag, sorted(tags))
+  assert tags.get("train/teacher_view") == "image", sorted(tags)
+  assert tags.get("train/student_view") == "image", sorted(tags)
+
+  # Evaluate with --workdir alone: the saved config (data set, test clips) is used.
+  proc = _run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluated = json.load(open(os.path.join(workdir, "eval_results.json")))
-  for key in ("top1", "top5", "mean_class_accuracy"):
-    assert evaluated[key] == pytest.approx(results[key])
+  for key in ("top1", "top5", "mean_class_accuracy", "loss"):
+    assert evaluated[key] == pytest.approx(results[key]), key
+
+  # A rerun of the finished run says so at once, rewrites nothing, exits 0.
+  config_now = open(os.path.join(workdir, "config.json")).read()
+  proc = _run([sys.executable, "main.py", f"--workdir={workdir}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "is finished" in proc.stdout and "results.json" in proc.stdout
+  assert "[train] step" not in proc.stdout
+  # ... and one with a smaller num_train_steps is refused in one line (exit 2), config.json
+  # and results.json still agree.
+  proc = _run([sys.executable, "main.py", f"--workdir={workdir}", "--config.num_train_steps=2"])
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "trained to step 5 already" in proc.stderr
+  assert open(os.path.join(workdir, "config.json")).read() == config_now != config_before
+  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 5
+
+
+def test_checkpoint_that_does_not_fit_is_one_line(setup, trained_run):
+  """A --config that builds another model: refused naming the keys; with
+  allow_config_change, the first differing parameter and both shapes (eval and resume);
+  config.json and the checkpoints stay as they were."""
+  workdir, _ = trained_run
+  config_json = open(os.path.join(workdir, "config.json")).read()
+  steps = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  proc = _run(_cmd(setup, workdir, "--mode=eval", "--config.model.width=16"))
+  line = _one_line(proc)
+  assert "model.width: 8 -> 16" in line and "--mode=eval" in line
+  for mode in ("eval", "train"):
+    proc = _run(_cmd(setup, workdir, f"--mode={mode}", "--config.allow_config_change=True",
+                     "--config.model.stage_sizes=(2,1,1,1)", "--config.num_train_steps=9"))
+    line = _one_line(proc)
+    assert "does not fit" in line and "layer1_1" in line, line
+    assert "checkpoint missing, model (8,)" in line, line
+  assert open(os.path.join(workdir, "config.json")).read() == config_json
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == steps
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_unusable"))
+
+
+def _one_line(proc, status=2):
+  assert proc.returncode == status, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  return lines[0]
+
+
+def test_input_problems_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys,
+                                                                   tmp_path):
+  """main.py's split: reskd_jax.errors (and a missing file) -> `error: ...`, exit 2; any
+  other exception (a ValueError of the code itself) propagates: traceback, exit 1."""
+  import main as main_module
+  from reskd_jax import train
+  monkeypatch.setattr(main_module, "_initialize_distributed", lambda: None)
+  main_module.FLAGS(["main.py", f"--config={ROOT}/configs/minik_r50_112.py:tiny",
+                     f"--workdir={tmp_path}", "--mode=eval"])
+  try:
+    def bad_input(config, workdir):
+      raise errors.CheckpointError("the checkpoint does not fit")
+    monkeypatch.setattr(train, "evaluate_workdir", bad_input)
+    with pytest.raises(SystemExit) as exit_info:
+      main_module.main(["main.py"])
+    assert exit_info.value.code == errors.EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip() == "error: the checkpoint does not fit"
+
+    for exc in (ValueError("invalid literal"), KeyError("oops"), TypeError("bad operand")):
+      def raising(config, workdir, exc=exc):
+        raise exc
+      monkeypatch.setattr(train, "evaluate_workdir", raising)
+      with pytest.raises(type(exc)):
+        main_module.main(["main.py"])
+    assert "error:" not in capsys.readouterr().err
+  finally:
+    main_module.FLAGS.unparse_flags()
 
 
 def test_sigterm_then_resume_equals_uninterrupted_run(setup):
@@ -162,13 +295,14 @@ def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
   proc = _run(_cmd(setup, str(setup["root"] / "bad2"), *extra), timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert needle in proc.stderr and "Traceback" not in proc.stderr
+  assert not os.path.exists(setup["root"] / "bad2")  # a failed start-up leaves no workdir
 
 
 def test_missing_dataset_says_how_to_prepare(setup):
   cmd = _cmd(setup, str(setup["root"] / "nodata"), "--config.data.data_dir=/nonexistent/minik")
   proc = _run(cmd, timeout=120)
   assert proc.returncode == 2
-  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep" in proc.stderr
+  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep minik" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
@@ -204,14 +338,44 @@ def test_unknown_split_and_bad_init_file_are_one_line_errors(setup):
   assert "missing_weights" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_rerun_of_a_finished_run_keeps_its_results(setup):
-  workdir = str(setup["root"] / "finished")
-  steps = ["--config.num_train_steps=2", "--config.mode=baseline"]
-  assert _run(_cmd(setup, workdir, *steps)).returncode == 0
-  first = json.load(open(os.path.join(workdir, "results.json")))
-  proc = _run(_cmd(setup, workdir, *steps))  # resumes at the last step: nothing to train
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "[train] step" not in proc.stdout
-  second = json.load(open(os.path.join(workdir, "results.json")))
-  for key in ("top1", "top5", "mean_class_accuracy", "step"):
-    assert second[key] == first[key], key
+def test_progress_eta_excludes_compilation():
+  """clu's ReportProgress underneath: the first call (after the first step, compilation
+  included) only starts the clock; rates and ETA come from the steps after it."""
+  import io
+  from reskd_jax import train_utils
+
+  class Writer:
+    def __init__(self):
+      self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+      self.scalars.setdefault(step, {}).update(scalars)
+
+  stream, writer = io.StringIO(), Writer()
+  progress = train_utils.Progress(10, 8, writer=writer, every_steps=1, stream=stream)
+  progress._t0 = 0.0
+  progress.metrics = {"loss": 2.0}
+  progress(1, t=30.0)  # 30 s of compilation and the first step
+  progress(2, t=31.0)
+  progress(3, t=33.0)
+  lines = stream.getvalue().splitlines()
+  assert lines[0].startswith("[train] step 1/10 (10.0%) | first step (compilation included) "
+                             "after 30.0 s | loss=2"), lines
+  assert lines[1] == ("[train] step 2/10 (20.0%) | 1.00 steps/s, 8.0 videos/s | loss=2 | "
+                      "ETA 0m08s"), lines
+  assert lines[2].endswith("0.50 steps/s, 4.0 videos/s | loss=2 | ETA 0m14s"), lines
+  assert writer.scalars[2] == {"train/steps_per_sec": 1.0, "train/videos_per_sec": 8.0}
+
+
+@pytest.mark.parametrize("config_file,converter", [
+    ("minik_r50_112", "minik"), ("k400_slowonly_r50_112", "kinetics"),
+    ("activitynet_r50_112", "activitynet"), ("fcvid_r50_112", "fcvid"),
+    ("ssv2_tsm_r50_112", "sthv2"), ("demo", "demo"),
+])
+def test_missing_data_names_the_converter_of_the_config(config_file, converter):
+  import importlib
+  from reskd_jax import train
+  config = importlib.import_module(f"configs.{config_file}").get_config()
+  config.data.data_dir = "/nonexistent/data"
+  with pytest.raises(errors.DataError, match=f"python -m data_prep {converter} "):
+    train.dataset_info(config)

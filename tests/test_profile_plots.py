@@ -77,7 +77,7 @@ def test_run_profile_refuses_impossible_resolution(tmp_path):
   assert not (tmp_path / "profile.json").exists()
 
 
-def test_tradeoff_plot_and_sweep(tmp_path):
+def test_tradeoff_plot_and_sweep(tmp_path, capsys):
   points = [{"gflops_per_video": g, "top1": a, "resolution": r}
             for g, a, r in [(4.1, 0.62, 56), (16.5, 0.71, 112), (8.0, 0.67, 80)]]
   baseline = [{"gflops_per_video": g, "top1": a, "resolution": r}
@@ -107,6 +107,12 @@ def test_tradeoff_plot_and_sweep(tmp_path):
   assert len(summary["reskd"]) == 2 and len(summary["baseline"]) == 1
   assert plots.choose_metric(summary["reskd"]) == "mAP"
   assert sweep.main([f"--workdirs={tmp_path / 'missing'}", f"--out={out_png}"]) == 2
+  # Significant digits, not fixed decimals: a tiny model's GFLOPs and a 1/6 accuracy.
+  capsys.readouterr()
+  tiny = run("tiny", "reskd", 0.00123, 1 / 6)
+  assert sweep.main([f"--workdirs={tiny}", f"--out={tmp_path / 'tiny.png'}"]) == 0
+  printed = capsys.readouterr().out
+  assert "0.00123 GFLOPs mAP=0.1667" in printed, printed
 
 
 def test_erf_and_attention_figures(tmp_path):
@@ -148,3 +154,14 @@ def test_visualize_cli_from_saved_variables(tmp_path):
   _check_png(str(out / "attention.png"), 600, 240)
   assert visualize.main([f"--baseline={tmp_path / 'nope'}", f"--reskd={tmp_path / 'kd'}",
                          f"--videos={tmp_path / 'clips.npy'}", f"--out={out}"]) == 2
+
+
+def test_profile_dtype_hint_names_a_key_every_config_has(tmp_path, capsys):
+  from configs import minik_r50_112
+  assert minik_r50_112.get_config().profile.dtypes == ()  # empty: the platform's choice
+  config = _tiny_config((32,))
+  config.profile.dtypes = ()
+  rows = profiling.run_profile(config, str(tmp_path))
+  assert "videos_per_s_float32" in rows[0] and "videos_per_s_bfloat16" not in rows[0]
+  out = capsys.readouterr().out
+  assert "--config.profile.dtypes=\"('float32', 'bfloat16')\"" in out, out

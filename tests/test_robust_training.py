@@ -271,15 +271,56 @@ def live_lock(env):
     (["--config.model.input_size=64"], "config.model.input_size=64 is larger than "
                                       "config.data.crop_size=32"),
     ("LOCKED", "is in use by pid"),
+    # Nonsense values: refused before anything is written (issue 22, item 13).
+    (["--config.num_train_steps=-5"], "config.num_train_steps=-5: must be at least 1"),
+    (["--config.data.num_frames=0"], "config.data.num_frames=0: must be at least 1"),
+    (["--config.data.crop_size=64"], "config.data.crop_size=64 is larger than "
+                                     "config.data.short_side=36"),
+    ("FILE", "is a file, not a directory"),
+    # A teacher fed another resolution / trained on another class order (item 8).
+    (["--config.data.crop_size=64", "--config.data.short_side=72"],
+     "was trained at 32 px (its meta.json) but this run feeds it 64 px"),
+    ("CLASS_ORDER", "the same 4 classes in another order (label 0 is 'c1' for the teacher, "
+                    "'c0' in the data set)"),
 ])
 def test_startup_checks_fail_before_training(env, request, flags, needle):
+  workdir = str(env["root"] / f"startup{request.node.callspec.id}")
   if flags == "LOCKED":
     workdir, flags = request.getfixturevalue("live_lock"), []
-  else:
-    workdir = str(env["root"] / f"startup{request.node.callspec.id}")
+  elif flags == "FILE":
+    with open(workdir, "w") as f:
+      f.write("not a workdir")
+    flags = []
+  elif flags == "CLASS_ORDER":
+    tcfg = minik_r152_224.get_config("tiny")
+    meta = meta_lib.for_trained_model(tcfg, tcfg.model, NUM_CLASSES, FRAMES, 32,
+                                      class_names=["c1", "c0", "c2", "c3"])
+    teacher = checkpoints.save_variables(str(env["root"] / "teacher_order"),
+                                         checkpoints.load_variables(env["teacher"]), meta)
+    flags = [f"--config.teacher.checkpoint={teacher}"]
   proc = _run(_cmd(env, workdir, "--config.num_train_steps=2", *flags), timeout=180)
   assert needle in _one_line_error(proc, errors.EXIT_BAD_INPUT)
-  assert not os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINTS))
+  if request.node.callspec.id.startswith("LOCKED"):
+    assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK]  # the holder's lock only
+  elif os.path.isfile(workdir):
+    assert open(workdir).read() == "not a workdir"
+  else:  # nothing written: no half-made workdir
+    assert not os.path.exists(workdir), os.listdir(workdir)
+
+
+def test_teacher_differences_pass_when_the_config_says_they_are_intended(env):
+  cfg = minik_r50_112.get_config("tiny")
+  meta = {"resolution": 64, "class_names": ["c1", "c0", "c2", "c3"]}
+  names = ["c0", "c1", "c2", "c3"]
+  with pytest.raises(errors.ConfigError, match="trained at 64 px"):
+    config_checks.check_teacher_data(cfg, meta, names, "T")
+  cfg.teacher.allow_other_resolution = True
+  with pytest.raises(errors.ConfigError, match="another order"):
+    config_checks.check_teacher_data(cfg, meta, names, "T")
+  cfg.teacher.allow_other_classes = True
+  config_checks.check_teacher_data(cfg, meta, names, "T")
+  # Converted weights without a recorded resolution or class list: nothing to compare.
+  config_checks.check_teacher_data(minik_r50_112.get_config("tiny"), {}, names, "T")
 
 
 def test_stale_and_live_locks(tmp_path, capsys):
@@ -420,6 +461,39 @@ def test_a_run_prints_the_progress_line_and_no_info_chatter(trained):
   assert not noise, noise[:5]
   assert "absl::InitializeLog" not in proc.stderr
   assert len(proc.stderr.splitlines()) <= 3, proc.stderr
+
+
+def test_library_chatter_is_dropped_and_real_warnings_kept(caplog):
+  """orbax's notes about _CHECKPOINT_METADATA and unfinished step directories it removes
+  (normal operation) stay out of the terminal and train.log; other warnings pass."""
+  import logging
+  from reskd_jax import train_utils
+  train_utils.drop_library_chatter()
+  with caplog.at_level(logging.WARNING):
+    logging.getLogger("absl").warning("Metadata file does not exist: ckpt/_CHECKPOINT_METADATA")
+    logging.getLogger("absl").warning("Removing existing directory since it is not finalized: x")
+    logging.getLogger("absl").warning("a real warning")
+  assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
+def test_train_log_keeps_prints_warnings_and_the_error(tmp_path, capsys):
+  import logging
+  from reskd_jax import runlog
+  with pytest.raises(errors.ConfigError):
+    with runlog.RunLog(str(tmp_path), argv=["main.py", "--workdir=W"]):
+      print("[run] a start-up block")
+      print("warning: ours", file=sys.stderr)
+      logging.getLogger("orbax").warning("a library warning")
+      logging.getLogger("orbax").info("library chatter")
+      raise errors.ConfigError("config.x=1: bad")
+  log = open(tmp_path / runlog.FILE).read().splitlines()
+  assert log[0].startswith("=== ") and log[0].endswith("start on " + socket.gethostname()
+                                                       + f" (pid {os.getpid()}): main.py "
+                                                       "--workdir=W")
+  assert log[1:5] == ["[run] a start-up block", "warning: ours",
+                      "WARNING orbax: a library warning", "error: config.x=1: bad"]
+  assert log[5].startswith("=== ") and log[5].endswith(" end") and len(log) == 6
+  assert "[run] a start-up block" in capsys.readouterr().out  # the terminal still gets it
 
 
 def test_unknown_config_key_is_one_clean_line(env):

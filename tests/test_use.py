@@ -6,7 +6,10 @@ that a red, a green and a blue video are obviously separable: no training.
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import av
 import chex
@@ -136,7 +139,7 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
   assert out["results"][0]["top"][0]["class"] == "blue"
 
 
-def test_export_then_load_matches_the_model(run_dir, tmp_path):
+def test_export_then_load_matches_the_model(run_dir, videos, tmp_path):
   out_dir = str(tmp_path / "exported")
   assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model"]) == 0
   info = json.load(open(os.path.join(out_dir, export.INFO_FILE)))
@@ -152,6 +155,52 @@ def test_export_then_load_matches_the_model(run_dir, tmp_path):
     got = fn(video)
     chex.assert_shape(got, (batch, 3))
     chex.assert_trees_all_close(np.asarray(got), np.asarray(expected), atol=1e-5)
+  # predict_file applies the export's recorded transform: the same probabilities as
+  # reskd_jax.predict on a real encoded video.
+  out = predict.predict_videos(model, [videos["red"]], top_k=3)["results"][0]
+  want = np.zeros(3)
+  for t in out["top"]:
+    want[t["index"]] = t["probability"]
+  got = fn.predict_file(videos["red"])
+  chex.assert_shape(got, (3,))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert int(np.argmax(got)) == CLASSES.index("red")
+
+
+def test_export_loader_needs_no_tensorflow_or_model_code(run_dir, tmp_path):
+  """A fresh interpreter loads and calls an export with jax, numpy and json only."""
+  out_dir = str(tmp_path / "exported")
+  assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model",
+                      "--platforms=cpu"]) == 0
+  code = ("import sys, json, numpy as np\n"
+          "from reskd_jax import export\n"
+          f"m = export.load({out_dir!r})\n"
+          f"p = np.asarray(m(np.zeros((2, {FRAMES}, {CROP}, {CROP}, 3), np.uint8)))\n"
+          "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'flax', "
+          "'optax', 'orbax') or k.startswith(('reskd_jax.models', 'reskd_jax.input_pipeline', "
+          "'reskd_jax.trained')))\n"
+          "print(json.dumps({'shape': list(p.shape), 'heavy': heavy}))\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out == {"shape": [2, 3], "heavy": []}
+
+
+def test_predict_hints_classes_and_best_variables(run_dir, videos, tmp_path, capsys):
+  """Converted weights without class names: a hint about --classes; a workdir with only
+  best_variables/ (an unfinished run): the error names it."""
+  loaded = checkpoints.load_variables(run_dir)
+  meta = {k: v for k, v in META.items() if k != "class_names"}
+  bare = checkpoints.save_variables(str(tmp_path / "converted"), loaded, meta)
+  assert predict.main([f"--workdir={bare}", videos["red"]]) == 0
+  captured = capsys.readouterr()
+  assert "class_0" in captured.out and "--classes" in captured.err
+  unfinished = tmp_path / "unfinished"
+  checkpoints.save_variables(str(unfinished / "best_variables"), loaded, META)
+  assert predict.main([f"--workdir={unfinished}", videos["red"]]) == 2
+  assert "best_variables" in capsys.readouterr().err
 
 
 def test_visualize_from_video_files(run_dir, videos, tmp_path, capsys):
@@ -216,3 +265,49 @@ def test_runtime_package_does_not_import_data_prep():
                else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
       offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "data_prep"]
   assert not offenders
+
+
+def _readme_recipe():
+  """The commands of the README's "Your own videos" block, continuation lines joined."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  text = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+  block = text.split("<!-- own-videos recipe")[1].split("<!-- end own-videos recipe")[0]
+  block = block.split("```bash")[1].split("```")[0].replace("\\\n", " ")
+  return root, [" ".join(line.split()) for line in block.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+
+
+def test_readme_own_videos_recipe_runs_on_generated_videos(tmp_path):
+  """The README's recipe, command by command, on 3 classes of generated H.264 videos, with
+  the `:tiny` variant of its configs (6 steps) and small frames added; nothing else."""
+  from data_helpers import make_frames, put_video
+  root, commands = _readme_recipe()
+  assert [c.split()[1] for c in commands] == ["-m", "-m", "main.py", "main.py", "main.py", "-m"]
+  for split, count in (("train", 4), ("val", 2)):
+    for k, name in enumerate(("archery", "bowling", "cycling")):
+      for i in range(count):
+        put_video(str(tmp_path / "my_videos" / split / name / f"{name}{i}.mp4"),
+                  make_frames(seed=3 * k + 1, num=6, h=40, w=48))
+  script = ["set -e"]
+  for command in commands:
+    command = command.replace("python main.py", f"{sys.executable} {root}/main.py")
+    command = command.replace("python -m", f"{sys.executable} -m")
+    command = re.sub(r"--config=(configs/\S+\.py)", rf"--config={root}/\1:tiny", command)
+    if " data_prep " in command:
+      command += " --short-side=40 --workers=1"
+    script.append(command)
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_COMPILATION_CACHE_DIR=os.path.join(root, ".cache", "jax"))
+  proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+  teacher = json.load(open(tmp_path / "runs/my_teacher/results.json"))
+  student = json.load(open(tmp_path / "runs/my_student/results.json"))
+  assert teacher["mode"] == "teacher" and student["mode"] == "reskd"
+  assert student["num_videos"] == 6 and student["step"] == 6
+  evaluated = json.load(open(tmp_path / "runs/my_student/eval_results.json"))
+  assert evaluated["top1"] == pytest.approx(student["top1"])
+  meta = json.load(open(tmp_path / "runs/my_student/variables/meta.json"))
+  assert meta["class_names"] == ["archery", "bowling", "cycling"]
+  assert "predicted 6 of 6 videos" in proc.stdout, proc.stdout[-2000:]
