@@ -17,7 +17,6 @@ change together with their ``best.json``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any, Dict, List, Tuple
@@ -130,9 +129,7 @@ class _FiniteWatch:
 
 
 def _lock(workdir: str):
-  if jax.process_index() == 0:
-    return workdir_lib.WorkdirLock(workdir)
-  return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir)  # every process follows process 0's decision
 
 
 def _prepare_teacher(config) -> Dict[str, Any]:

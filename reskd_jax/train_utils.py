@@ -131,16 +131,28 @@ _received: Optional[int] = None  # the signal latched by `StopSignal`, process-w
 _installed = 0  # nesting depth of active `StopSignal` contexts
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _handle_signal(signum, frame):
   del frame
   global _received
   if _received is None:
-    print(f"received signal {signum}: saving a checkpoint and stopping", flush=True)
+    print(f"received {signal.Signals(signum).name}: saving a checkpoint and stopping",
+          flush=True)
   _received = signum
 
 
+def latch(signum: int) -> None:
+  """Records ``signum`` as if it had arrived now (a signal caught before the latch existed)."""
+  _handle_signal(signum, None)
+
+
 class StopSignal:
-  """Latches SIGTERM/SIGINT so the loop can checkpoint and stop cleanly.
+  """Latches SIGTERM/SIGINT/SIGHUP so the loop can checkpoint and stop cleanly.
+
+  SIGHUP (a closed terminal or ssh session) is a stop like the others: the
+  run saves and exits with status 143 instead of dying with nothing saved.
 
   The latch is process-wide (an outer context, e.g. in ``main.py``, catches a
   signal during start-up for the loop's inner one). :meth:`should_stop` is
@@ -180,7 +192,7 @@ class StopSignal:
     if _installed == 0:
       _received = None
     _installed += 1
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
       try:
         self._previous[sig] = signal.signal(sig, _handle_signal)
       except ValueError:  # not the main thread
