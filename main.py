@@ -26,6 +26,12 @@ import signal
 import sys
 import tempfile
 
+# Signals from the very start (a scheduler may signal a process that is still importing):
+# remembered here, handed to train_utils.StopSignal once it is imported (see main()).
+_EARLY_SIGNALS = []
+for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+  signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+
 # Quiet by default: TensorFlow's C++ start-up lines only with --verbosity>=1 (read before
 # TensorFlow is first imported, in main()).
 _VERBOSE = any(a.split("=", 1)[-1].lstrip("-").isdigit() and int(a.split("=", 1)[1]) >= 1
@@ -194,9 +200,6 @@ def main(argv):
   # Signals are latched from here until the process has left the cluster: a SIGTERM
   # (SIGINT, SIGHUP) while starting, joining, training or shutting down stops the run
   # cleanly (exit 143), never kills one process while the others wait for it.
-  early = []
-  for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, lambda signum, frame: early.append(signum))
   from reskd_jax import cluster
   try:
     if _multi_process_launch(_cluster_args()):
@@ -210,7 +213,7 @@ def main(argv):
     from reskd_jax import input_pipeline, train_utils
     input_pipeline.hide_gpus_from_tf()
   train_utils.StopSignal().__enter__()  # never left: held until the process exits
-  for signum in early:
+  for signum in _EARLY_SIGNALS:
     train_utils.latch(signum)
   status = errors.EXIT_OK
   try:

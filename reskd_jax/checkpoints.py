@@ -488,6 +488,14 @@ class TrainCheckpoints:
     self._manager.close()
     self._manager = self._new_manager()
 
+  def settle(self) -> None:
+    """Waits for the save in flight when the run stops for another reason: a failed save is
+    cleaned up as in :meth:`wait_until_finished`, but the first error is the one reported."""
+    try:
+      self.wait_until_finished()
+    except CheckpointError:
+      pass
+
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 

@@ -285,8 +285,8 @@ def _train(config, workdir: str, info, num_classes: int) -> Dict[str, Any]:
             _save(step, force=True)
           preempted = True
           break
-  except NonFiniteError:
-    manager.wait_until_finished()  # the good checkpoints in flight land completely
+  except Exception:  # diverged, a data or save error: the good checkpoints in flight land
+    manager.settle()
     if last_good is not None:
       writer.commit(upto=last_good)
     writer.discard()
