@@ -109,3 +109,23 @@ def test_a_training_shard_deleted_mid_run_is_named(env):
   line = _one_line_error(subprocess.CompletedProcess([], *result), errors.EXIT_BAD_INPUT)
   assert f"unreadable shard {shard} (missing)" in line and "rerun the data_prep" in line, line
   assert _steps(workdir) and _steps(workdir) == _checksummed(workdir)
+
+
+def test_an_old_checkpoint_that_cannot_be_removed_does_not_stop_the_run(tmp_path, capsys,
+                                                                       monkeypatch):
+  """orbax's clean-up of checkpoints beyond keep_checkpoints fails (a read-only directory):
+  the new checkpoint is complete, so a warning, not an error; the next save goes on."""
+  from orbax.checkpoint._src.path import deleter
+  from test_robust_training import _state
+
+  def read_only(self, step, target):
+    raise PermissionError(13, "Permission denied", str(target))
+
+  monkeypatch.setattr(deleter.StandardCheckpointDeleter, "_delete_step_permanently", read_only)
+  manager = checkpoints.TrainCheckpoints(str(tmp_path), keep=1)
+  for k in (1, 2, 3):
+    manager.save(k, _state(k))
+  manager.wait_until_finished()
+  assert 3 in _steps(str(tmp_path)), _steps(str(tmp_path))
+  err = capsys.readouterr().err
+  assert "could not be removed" in err and "Permission denied" in err, err
