@@ -134,12 +134,16 @@ _installed = 0  # nesting depth of active `StopSignal` contexts
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+_loop_over = False  # the loop's own StopSignal has exited: nothing is left to stop
+
+
 def _handle_signal(signum, frame):
   del frame
   global _received
   if _received is None:
-    print(f"received {signal.Signals(signum).name}: saving a checkpoint and stopping",
-          flush=True)
+    what = ("the run is already finishing" if _loop_over
+            else "saving a checkpoint and stopping")
+    print(f"received {signal.Signals(signum).name}: {what}", flush=True)
   _received = signum
 
 
@@ -188,9 +192,10 @@ class StopSignal:
     return pending is not None and bool(pending)
 
   def __enter__(self):
-    global _installed, _received
+    global _installed, _received, _loop_over
     if _installed == 0:
       _received = None
+    _loop_over = False
     _installed += 1
     for sig in STOP_SIGNALS:
       try:
@@ -200,8 +205,10 @@ class StopSignal:
     return self
 
   def __exit__(self, *exc):
-    global _installed
+    global _installed, _loop_over
     _installed -= 1
+    if self._reduce is not None or _installed > 0:
+      _loop_over = True
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     return False
