@@ -5,7 +5,8 @@
 own stdout and stderr, except for:
 
 * gloo's ``[Gloo] Rank N is connected to M peer ranks`` lines (four per process
-  at start-up), dropped;
+  at start-up), and the ``E... Polled an error from coordination service`` line
+  that announces the fatal error below, dropped;
 * the coordination service's fatal error (``F... Terminating process because
   the JAX distributed service detected fatal errors ...``), which JAX follows
   with a C++ stack trace and Python's fault handler with every thread's stack
@@ -25,7 +26,9 @@ import signal
 import sys
 import threading
 
-_DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
+_DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
+                   r"|^E\d{4} .*coordination_service_agent\.cc:\d+\] Polled an error from "
+                   r"coordination service")
 _FATAL = re.compile(r"^F\d{4} .*Terminating process because the JAX distributed service "
                     r"detected fatal errors.*?absl::Status: (.*)$")
 _swallow = threading.Event()
@@ -34,7 +37,7 @@ _lock = threading.Lock()
 
 def fatal_line(status: str) -> str:
   """The one line that replaces the coordination service's fatal dump."""
-  status = status.strip().rstrip(":").strip() or "unknown error"
+  status = status.strip().rstrip(":").strip().split(". ")[0] or "unknown error"
   if "heartbeat" in status or "unhealthy" in status:
     what = "another process of this run stopped sending heartbeats (it died, was killed or hangs)"
   elif "UNAVAILABLE" in status or "Socket closed" in status or "Connection reset" in status:

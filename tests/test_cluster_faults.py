@@ -144,3 +144,35 @@ def test_a_second_launch_into_a_held_workdir_is_refused_by_every_process(setup):
   _quiet(logs)
   assert not os.path.exists(workdir / workdir_lib.CHECKPOINTS)
   assert json.load(open(workdir / workdir_lib.LOCK))["pid"] == holder.pid  # untouched
+
+
+def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
+  """What the filter does with the lines JAX and gloo print when process 0 dies."""
+  r_out, w_out = os.pipe()
+  r_err, w_err = os.pipe()
+  child = subprocess.Popen([sys.executable, "-m", "reskd_jax.log_filter", str(r_out),
+                            str(r_err)], cwd=ROOT, pass_fds=(r_out, r_err),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  os.close(r_out)
+  os.close(r_err)
+  with os.fdopen(w_out, "w") as out, os.fdopen(w_err, "w") as err:
+    out.write("[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer "
+              "ranks is : 1\n[train] step 5/40\n")
+    out.flush()
+    err.write(
+        "warning: kept\n"
+        "E1207 02:51:36.052832   26787 coordination_service_agent.cc:289] Polled an error "
+        "from coordination service (this can be an error from this or another task).\n"
+        "F1207 02:51:36.052900   26787 client.h:80] Terminating process because the JAX "
+        "distributed service detected fatal errors. This most likely indicates that another "
+        "task died. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. "
+        "Either the leader task was preempted\n"
+        "*** Check failure stack trace: ***\n    @     0x7f8be9c40634  absl::LogMessage\n"
+        "Fatal Python error: Aborted\n\nExtension modules: yaml._yaml, numpy\n")
+  stdout, stderr = child.communicate(timeout=60)
+  assert child.returncode == 0
+  assert stdout == "[train] step 5/40\n", stdout
+  lines = stderr.splitlines()
+  assert lines[0] == "warning: kept" and len(lines) == 2, stderr
+  assert lines[1].startswith("error: lost the connection to process 0 (the coordinator)"), stderr
+  assert "(UNAVAILABLE: Failed to send RPC to coordination service)" in lines[1], stderr
