@@ -153,8 +153,7 @@ def join(args: Dict[str, Any], timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
   try:
     jax.distributed.initialize(
         **args, initialization_timeout=int(timeout_s + _JAX_MARGIN_S),
-        heartbeat_timeout_seconds=int(heartbeat_timeout_s + _JAX_MARGIN_S),
-        shutdown_timeout_seconds=int(heartbeat_timeout_s + _JAX_MARGIN_S))
+        heartbeat_timeout_seconds=int(heartbeat_timeout_s + _JAX_MARGIN_S))
   finally:
     done.set()
 
