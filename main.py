@@ -197,9 +197,6 @@ def _native_info_dropped(active: bool):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Signals are latched from here until the process has left the cluster: a SIGTERM
-  # (SIGINT, SIGHUP) while starting, joining, training or shutting down stops the run
-  # cleanly (exit 143), never kills one process while the others wait for it.
   from reskd_jax import cluster
   try:
     if _multi_process_launch(_cluster_args()):
@@ -212,7 +209,10 @@ def main(argv):
   with _native_info_dropped(FLAGS.verbosity < 1):
     from reskd_jax import input_pipeline, train_utils
     input_pipeline.hide_gpus_from_tf()
-  train_utils.StopSignal().__enter__()  # never left: held until the process exits
+  # Signals stay latched until the process exits: a SIGTERM (SIGINT, SIGHUP) while
+  # starting, joining, training or leaving the cluster stops the run cleanly (exit 143),
+  # and never kills one process while the others wait for it.
+  train_utils.StopSignal().__enter__()  # never left
   for signum in _EARLY_SIGNALS:
     train_utils.latch(signum)
   status = errors.EXIT_OK
@@ -250,7 +250,7 @@ def main(argv):
 
 
 def _stop_at_once() -> None:
-  """Eval and profile runs (and any run signalled before it joined) exit 143 on a signal."""
+  """Eval and profile runs (nothing to checkpoint) exit 143 on a signal, at once."""
   from reskd_jax import cluster, train_utils
 
   def handler(signum, frame):
@@ -260,7 +260,7 @@ def _stop_at_once() -> None:
 
   for sig in train_utils.STOP_SIGNALS:
     signal.signal(sig, handler)
-  if train_utils.StopSignal().received is not None and FLAGS.mode != "train":
+  if train_utils.StopSignal().received is not None:  # one that came while joining
     handler(train_utils.StopSignal().received, None)
 
 
