@@ -244,7 +244,9 @@ def main(argv):
       raise
     print(f"error: {e}", file=sys.stderr)
     status = getattr(e, "exit_status", errors.EXIT_BAD_INPUT)
-    if _joined_others():  # JAX's exit handlers would wait for processes that go on
+    if _joined_others() or isinstance(e, errors.CheckpointError):
+      # JAX's exit handlers would wait for processes that go on; orbax's threads of a
+      # failed save print tracebacks while the interpreter shuts down.
       cluster.exit_now(status)
   sys.exit(status)
 

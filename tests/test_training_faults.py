@@ -5,7 +5,6 @@ the exit status, the one line, and that nothing good in the workdir was lost."""
 import glob
 import json
 import os
-import resource
 import signal
 import subprocess
 
@@ -55,8 +54,12 @@ def test_sighup_saves_and_stops_like_sigterm(env):
   assert f"[train] step {stopped + 1}/" in proc.stdout and "[train] step 1/" not in proc.stdout
 
 
-def _file_size_limit(limit):
-  return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+def _with_file_size_limit(limit, cmd):
+  """`cmd` (a python command) under `ulimit -f`: a file-size limit of `limit` bytes."""
+  set_and_exec = ("import os, resource, sys; n = int(sys.argv[1]); "
+                  "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                  "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+  return [cmd[0], "-c", set_and_exec, str(limit), *cmd[1:]]
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(env):
@@ -76,9 +79,9 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(env):
   assert limit > 4096, limit
 
   env_ = dict(_env(), JAX_COMPILATION_CACHE_DIR="")  # its entries would hit the limit too
-  proc = subprocess.run(_cmd(env, workdir, *args, "--config.num_train_steps=8"), cwd=ROOT,
-                        env=env_, capture_output=True, text=True, timeout=300,
-                        preexec_fn=_file_size_limit(limit))
+  proc = subprocess.run(
+      _with_file_size_limit(limit, _cmd(env, workdir, *args, "--config.num_train_steps=8")),
+      cwd=ROOT, env=env_, capture_output=True, text=True, timeout=300)
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert "could not save checkpoint step 6" in line and "File too large" in line, line
   assert os.path.join(workdir, "checkpoints") in line and "steps 2, 4" in line, line
