@@ -107,18 +107,26 @@ def save_variables(path: str, variables: Mapping[str, Any],
 
   recover_interrupted_swap(path)
   tmp = f"{path}.tmp-{os.getpid()}"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
-    ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
-    ckptr.wait_until_finished()
-  meta = dict(_jsonable(dict(metadata or {})))
-  meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-  meta["num_parameters"] = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree["params"])))
-  fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
-  for name, payload in (extra_json or {}).items():
-    fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
+  try:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
+      ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
+      ckptr.wait_until_finished()
+    meta = dict(_jsonable(dict(metadata or {})))
+    meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    meta["num_parameters"] = int(sum(np.size(x)
+                                     for x in jax.tree_util.tree_leaves(tree["params"])))
+    fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
+    for name, payload in (extra_json or {}).items():
+      fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
+  except Exception as e:  # noqa: BLE001 (disk full, file-size limit, unwritable directory)
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = " (the previous one is kept)" if os.path.exists(path) else ""
+    raise CheckpointError(f"could not save variables to {path}: {_root_cause(e)}{kept}. "
+                          f"Free space or fix the directory, then rerun the same command "
+                          f"to resume") from None
   old = None
   if os.path.exists(path):
     old = f"{path}.old-{os.getpid()}"
