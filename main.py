@@ -17,8 +17,9 @@ on Cloud TPU, SLURM, Open MPI and Kubernetes; elsewhere pass
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). See docs/multihost.md.
 
 Exit status: 0 finished, 2 bad input (config, data, checkpoint, cluster),
-3 non-finite loss, 143 stopped by SIGTERM/SIGINT after a complete checkpoint
-(rerun the same command to resume).
+3 non-finite loss, 4 another process of a multi-process run was lost, 143
+stopped by SIGTERM/SIGINT/SIGHUP after a complete checkpoint (rerun the same
+command to resume; for 4 too).
 """
 
 import ast
@@ -26,8 +27,15 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+
+# Signals from the very start (a scheduler may signal a process that is still importing):
+# remembered here, handed to train_utils.StopSignal once it is imported (see main()).
+_EARLY_SIGNALS = []
+for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+  signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
 # Quiet by default: TensorFlow's C++ start-up lines only with --verbosity>=1 (read before
 # TensorFlow is first imported, in main()).
@@ -53,6 +61,10 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes 
                      "(default: $JAX_NUM_PROCESSES, else JAX's cluster detection).")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..num_processes-1 "
                      "(default: $JAX_PROCESS_ID, else JAX's cluster detection).")
+flags.DEFINE_integer("join_timeout", 120, "Multi-process: seconds to wait for all processes "
+                     "to join before giving up with one line (exit status 2).")
+flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-process: seconds without a heartbeat "
+                     "after which a process counts as gone and the others stop (exit status 4).")
 flags.mark_flags_as_required(["workdir"])
 
 _SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "saved.py")
@@ -74,14 +86,27 @@ def _cluster_args():
   return args
 
 
+def _multi_process_launch(args) -> bool:
+  """Whether this looks like one process of several (flags/env, or a SLURM/MPI job)."""
+  return (args.get("num_processes", 1) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
 def _initialize_distributed() -> None:
-  """Joins the cluster (explicit flags/env, else JAX's detection); alone when there is none."""
-  import jax
+  """Joins the cluster (explicit flags/env, else JAX's detection); alone when there is none.
+
+  The wait is bounded (--join_timeout, with a progress line every 20 s), see
+  ``reskd_jax.cluster.join``.
+  """
+  from reskd_jax import cluster
   args = _cluster_args()
   tried = (", ".join(f"{k}={v}" for k, v in args.items()) + " (flags / JAX_* variables)"
            if args else "JAX's detection of Cloud TPU, SLURM, Open MPI and Kubernetes")
+  for name in ("join_timeout", "heartbeat_timeout"):
+    if FLAGS[name].value < 1:
+      raise errors.ConfigError(f"--{name}={FLAGS[name].value}: must be at least 1 (seconds)")
   try:
-    jax.distributed.initialize(**args)
+    cluster.join(args, FLAGS.join_timeout, FLAGS.heartbeat_timeout)
   except (ValueError, TypeError, RuntimeError) as e:
     if not args and "coordinator_address should be defined" in str(e):
       return  # no cluster detected: a single process
@@ -175,6 +200,11 @@ def _quiet_logs() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ("absl", "orbax", "jax", "tensorflow"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  # orbax's own warnings and errors ("Removing existing directory since it is not
+  # finalized", _CHECKPOINT_METADATA, a failed background save with its tracebacks):
+  # the trainer reports what matters of them in one line (reskd_jax.checkpoints).
+  absl_logging.get_absl_handler().addFilter(
+      lambda record: f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
 @contextlib.contextmanager
@@ -209,31 +239,82 @@ def _native_info_dropped(active: bool):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from reskd_jax import cluster
+  try:
+    if _multi_process_launch(_cluster_args()):
+      cluster.filter_output()  # gloo chatter out; JAX's fatal dumps become one line
+  except errors.ConfigError:
+    pass  # reported below, by _initialize_distributed
   _quiet_logs()
   # Hide accelerators from TensorFlow: tf.data runs on the host CPU and must
   # not reserve GPU memory.
   with _native_info_dropped(FLAGS.verbosity < 1):
-    from reskd_jax import input_pipeline
+    from reskd_jax import input_pipeline, train_utils
     input_pipeline.hide_gpus_from_tf()
+  # Signals stay latched until the process exits: a SIGTERM (SIGINT, SIGHUP) while
+  # starting, joining, training or leaving the cluster stops the run cleanly (exit 143),
+  # and never kills one process while the others wait for it.
+  train_utils.StopSignal().__enter__()  # never left
+  for signum in _EARLY_SIGNALS:
+    train_utils.latch(signum)
+  status = errors.EXIT_OK
   try:
     _initialize_distributed()
     import jax
-    from reskd_jax import train, train_utils
+    from reskd_jax import train
     logging.info("JAX devices: %d (%s), processes: %d", jax.device_count(),
                  jax.devices()[0].platform, jax.process_count())
+    watch = cluster.PeerWatch(FLAGS.heartbeat_timeout)
+    if FLAGS.mode != "train":
+      _stop_at_once()  # nothing to checkpoint: a signal ends the process
     if FLAGS.mode == "train":
-      with train_utils.StopSignal():  # a signal during start-up stops the loop early
-        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       if result.get("preempted"):
-        sys.exit(errors.EXIT_PREEMPTED)
+        status = errors.EXIT_PREEMPTED
     elif FLAGS.mode == "eval":
       train.evaluate_workdir(FLAGS.config, FLAGS.workdir)
     else:
       from reskd_jax import profiling
       resolutions = [int(r) for r in FLAGS.resolutions] if FLAGS.resolutions else None
       profiling.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
+    watch.stop()
+    cluster.leave()  # every process, still with the signals latched
   except INPUT_ERRORS as e:
-    _report(e)
+    # Bad input (a config key, a data set, a checkpoint, the cluster), a
+    # diverged run: one clear line. RESKD_DEBUG=1 shows the traceback.
+    if os.environ.get("RESKD_DEBUG"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    status = getattr(e, "exit_status", errors.EXIT_BAD_INPUT)
+    if _joined_others() or isinstance(e, errors.CheckpointError):
+      # JAX's exit handlers would wait for processes that go on; orbax's threads of a
+      # failed save print tracebacks while the interpreter shuts down.
+      cluster.exit_now(status)
+  sys.exit(status)
+
+
+def _stop_at_once() -> None:
+  """Eval and profile runs (nothing to checkpoint) exit 143 on a signal, at once."""
+  from reskd_jax import cluster, train_utils
+
+  def handler(signum, frame):
+    del frame
+    cluster.exit_now(errors.EXIT_PREEMPTED,
+                     f"stopped by {signal.Signals(signum).name} (--mode={FLAGS.mode})")
+
+  for sig in train_utils.STOP_SIGNALS:
+    signal.signal(sig, handler)
+  if train_utils.StopSignal().received is not None:  # one that came while joining
+    handler(train_utils.StopSignal().received, None)
+
+
+def _joined_others() -> bool:
+  try:
+    import jax
+    from jax._src import distributed
+    return distributed.global_state.client is not None and jax.process_count() > 1
+  except Exception:  # noqa: BLE001
+    return False
 
 
 # Bad input (a config key, a data set, a checkpoint, the cluster) and a diverged run: one
@@ -242,14 +323,6 @@ def main(argv):
 # failures are raised as reskd_jax.errors classes, never as bare ValueErrors. A missing file
 # or directory named by the user (FileNotFoundError, NotADirectoryError) is input.
 INPUT_ERRORS = (errors.ReskdError, FileNotFoundError, NotADirectoryError)
-
-
-def _report(e: BaseException):
-  """``error: <message>``, exit status of ``e``; RESKD_DEBUG=1 shows the traceback instead."""
-  if os.environ.get("RESKD_DEBUG"):
-    raise e
-  print(f"error: {e}", file=sys.stderr)
-  sys.exit(getattr(e, "exit_status", errors.EXIT_BAD_INPUT))
 
 
 if __name__ == "__main__":

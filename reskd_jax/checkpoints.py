@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -106,18 +107,26 @@ def save_variables(path: str, variables: Mapping[str, Any],
 
   recover_interrupted_swap(path)
   tmp = f"{path}.tmp-{os.getpid()}"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
-    ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
-    ckptr.wait_until_finished()
-  meta = dict(_jsonable(dict(metadata or {})))
-  meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-  meta["num_parameters"] = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree["params"])))
-  fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
-  for name, payload in (extra_json or {}).items():
-    fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
+  try:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
+      ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
+      ckptr.wait_until_finished()
+    meta = dict(_jsonable(dict(metadata or {})))
+    meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    meta["num_parameters"] = int(sum(np.size(x)
+                                     for x in jax.tree_util.tree_leaves(tree["params"])))
+    fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
+    for name, payload in (extra_json or {}).items():
+      fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
+  except Exception as e:  # noqa: BLE001 (disk full, file-size limit, unwritable directory)
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = " (the previous one is kept)" if os.path.exists(path) else ""
+    raise CheckpointError(f"could not save variables to {path}: {_root_cause(e)}{kept}. "
+                          f"Free space or fix the directory, then rerun the same command "
+                          f"to resume") from None
   old = None
   if os.path.exists(path):
     old = f"{path}.old-{os.getpid()}"
@@ -304,6 +313,31 @@ def first_non_finite(tree) -> Optional[str]:
   return None
 
 
+def _finalized(step_dir: str) -> bool:
+  """Whether orbax finished writing ``step_dir`` (its commit marker is there)."""
+  return os.path.exists(os.path.join(step_dir, "_CHECKPOINT_METADATA"))
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost OSError of ``error`` (its strerror and file), else its first line."""
+  seen, e, found = set(), error, None
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      found = e
+    e = e.__cause__ or e.__context__
+  if found is not None:
+    where = f": {found.filename}" if found.filename else ""
+    return f"{found.strerror}{where}"
+  # tensorstore (orbax's array writer) reports the OS error inside its message.
+  text = str(error)
+  os_error = re.search(r": ([^:\[\]\n]+?) \[os_error_code='?(\d+)'?\]", text)
+  if os_error:
+    paths = re.findall(r'"(/[^"]+)"', text[:os_error.start()])
+    return f"{os_error.group(1)} (errno {os_error.group(2)})" + (f": {paths[-1]}" if paths else "")
+  return _first_line(error)
+
+
 def _first_line(e: BaseException, limit: int = 160) -> str:
   text = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
   return text if len(text) <= limit else text[:limit] + "..."
@@ -319,6 +353,8 @@ class TrainCheckpoints:
     self.workdir = workdir
     self.directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
     self._keep = keep
+    self._in_flight: Optional[int] = None
+    self._checksums_warned = False
     self._manager = self._new_manager()
 
   def _new_manager(self) -> ocp.CheckpointManager:
@@ -334,24 +370,74 @@ class TrainCheckpoints:
     try:
       return dict(fileio.read_json(self._checksums_path(), default={}) or {})
     except ValueError:
-      train_utils.warn(f"{self._checksums_path()} is not valid JSON; checkpoints are "
-                       f"verified by finiteness only")
+      if not self._checksums_warned:  # once, not at every save
+        self._checksums_warned = True
+        train_utils.warn(f"{self._checksums_path()} is not valid JSON; checkpoints are "
+                         f"verified by finiteness only (it is rewritten at the next save)")
       return {}
 
   def _record_checksum(self, step: int, digest: str) -> None:
     if jax.process_index() != 0:
       return
     sums = self._read_checksums()
-    keep = {str(s) for s in self._manager.all_steps()} | {str(step)}
+    keep = ({str(s) for s in self._manager.all_steps()} | {str(s) for s in self._steps_on_disk()}
+            | {str(step)})
     sums = {k: v for k, v in sums.items() if k in keep}
     sums[str(step)] = digest
     fileio.write_json_atomic(self._checksums_path(), sums)
 
   # -- save / restore --------------------------------------------------------
   def save(self, step: int, state, force: bool = False) -> None:
-    """Starts saving ``state`` as ``step``; its checksum is recorded first."""
-    self._record_checksum(step, state_digest(state))
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    """Starts saving ``state`` as ``step``; its checksum is recorded first.
+
+    Returns once the previous save is on disk. A save that fails (disk full,
+    file-size limit, unwritable directory) is a one-line ``CheckpointError``
+    naming the path and the cause, raised here or by :meth:`wait_until_finished`;
+    its half-written files and its checksum are removed first, so the
+    checkpoints before it and ``checksums.json`` stay intact and consistent.
+    """
+    digest = state_digest(state)
+    self.wait_until_finished()  # the previous save's failure is reported as its own
+    try:
+      self._record_checksum(step, digest)
+      self._in_flight = step
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # noqa: BLE001 (any failure of the save: reported in one line)
+      raise self._save_failed(step, e) from None
+
+  def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
+    """Cleans up after a failed save of ``step``; the one-line error to raise."""
+    self._in_flight = None
+    cause = _root_cause(error)
+    if jax.process_index() == 0:
+      for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+      step_dir = os.path.join(self.directory, str(step))
+      if os.path.isdir(step_dir) and not _finalized(step_dir):
+        shutil.rmtree(step_dir, ignore_errors=True)
+      try:
+        self._drop_checksums_without_checkpoint()
+      except OSError:
+        pass
+    kept = sorted(s for s in self._steps_on_disk() if s != step)
+    have = (f"the checkpoints before it are intact (steps {', '.join(map(str, kept))})"
+            if kept else "no earlier checkpoint exists")
+    return CheckpointError(
+        f"could not save checkpoint step {step} in {self.directory}: {cause}; {have}. Free "
+        f"space or fix the directory, then rerun the same command to resume")
+
+  def _steps_on_disk(self) -> List[int]:
+    if not os.path.isdir(self.directory):
+      return []
+    return [int(d) for d in os.listdir(self.directory)
+            if d.isdigit() and _finalized(os.path.join(self.directory, d))]
+
+  def _drop_checksums_without_checkpoint(self) -> None:
+    sums = self._read_checksums()
+    on_disk = {str(s) for s in self._steps_on_disk()}
+    kept = {k: v for k, v in sums.items() if k in on_disk}
+    if kept != sums:
+      fileio.write_json_atomic(self._checksums_path(), kept)
 
   def _verify(self, step: int, restored, sums: Mapping[str, str]) -> Optional[str]:
     bad = first_non_finite(restored)
@@ -415,6 +501,14 @@ class TrainCheckpoints:
     self._manager.close()
     self._manager = self._new_manager()
 
+  def settle(self) -> None:
+    """Waits for the save in flight when the run stops for another reason: a failed save is
+    cleaned up as in :meth:`wait_until_finished`, but the first error is the one reported."""
+    try:
+      self.wait_until_finished()
+    except CheckpointError:
+      pass
+
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
@@ -422,7 +516,25 @@ class TrainCheckpoints:
     return list(self._manager.all_steps())
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight; its failure is a one-line ``CheckpointError``."""
+    try:
+      self._manager.wait_until_finished()
+      error = None
+      check = getattr(self._manager, "check_for_errors", None)
+      if check is not None:
+        check()
+    except Exception as e:  # noqa: BLE001
+      error = e
+    step, self._in_flight = self._in_flight, None
+    if error is None:
+      return
+    if step is not None and _finalized(os.path.join(self.directory, str(step))):
+      # The new checkpoint is complete; removing an older one failed (e.g. read-only).
+      train_utils.warn(f"checkpoint step {step} is saved, but an older checkpoint in "
+                       f"{self.directory} could not be removed ({_root_cause(error)})")
+      return
+    raise self._save_failed(step if step is not None else (self._manager.latest_step() or 0),
+                            error) from None
 
   def close(self) -> None:
     self._manager.close()

@@ -11,7 +11,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2     # a config key, data set, file or checkpoint that cannot work
 EXIT_NON_FINITE = 3    # the loss or gradient norm became NaN/inf; last good checkpoint kept
-EXIT_PREEMPTED = 143   # stopped by SIGTERM/SIGINT (128 + 15) after a complete checkpoint
+EXIT_PROCESS_LOST = 4  # another process of a multi-process run died; rerun to resume
+EXIT_PREEMPTED = 143   # stopped by SIGTERM/SIGINT/SIGHUP (128 + 15) after a complete checkpoint
 
 
 class ReskdError(Exception):

@@ -1,4 +1,4 @@
-"""Naming a damaged TFRecord shard in one line, instead of a tf.data DataLossError traceback.
+"""Naming a damaged, missing or unreadable TFRecord shard in one line, instead of a tf.data traceback.
 
 tf.data reports a shard cut short or corrupted as `DataLossError: truncated
 record at N` (or `corrupted record at N`) without saying which file. Two checks
@@ -8,9 +8,11 @@ name it:
   data_prep wrote into the manifest (`shard_bytes`). Cheap (one stat per
   shard); it catches a shard cut short, even one cut at a record boundary,
   which tf.data would read without complaint.
-* `name_damaged_shards`, while reading: a DataLossError becomes a DataError
-  naming the shards (among those `create_dataset` registered with `register`)
-  that fail to read through, found by reading each one again.
+* `name_damaged_shards`, while reading: any I/O error of the input pipeline
+  (a DataLossError, a shard deleted or made unreadable mid-run: NotFoundError,
+  PermissionDeniedError, ...) becomes a DataError naming the shards (among
+  those `create_dataset` registered with `register`) that fail to read
+  through, found by reading each one again.
 
 * `check_run_splits`, at training start-up, for every split the run will read:
   the manifest's counts agree with each other (`num_videos` is the sum of
@@ -23,7 +25,8 @@ name it:
   `name_damaged_shards`, naming the shard.
 
 Either way the fix is to rerun data_prep, which verifies every shard against
-its recorded size and checksum and rewrites the damaged ones.
+its recorded size and checksum and rewrites the damaged ones (a shard that is
+merely unreadable needs its permissions or storage fixed instead).
 
 What the start-up check assumes of the manifest (`reskd_jax.records.read_manifest`):
 per split `shards` (file names under `<data_dir>/<split>/`), `num_videos`, and,
@@ -47,6 +50,9 @@ import tensorflow as tf
 from reskd_jax.errors import DataError
 
 RERUN = "rerun the data_prep command that wrote it: it rewrites damaged shards"
+# tf.data's errors for a file that cannot be read (besides OSError from Python readers).
+IO_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+             tf.errors.UnavailableError, tf.errors.FailedPreconditionError)
 _REGISTERED: List[str] = []  # shards of the datasets built in this process, in order
 _BACKGROUND_ERRORS: List[str] = []  # found by the background checksum thread
 _BLOCK = 1 << 20
@@ -75,14 +81,27 @@ def check_sizes(files: Sequence[str], expected_bytes: Optional[Sequence[int]]) -
 
 
 def damaged(files: Iterable[str]) -> List[Tuple[str, str]]:
-  """(path, error) for every shard whose records do not read through (lengths and CRCs)."""
+  """(path, error) for every shard that is gone, unreadable, or whose records do not read
+  through (lengths and CRCs)."""
   found = []
   for path in files:
     try:
+      if not tf.io.gfile.exists(path):
+        found.append((path, "missing"))
+        continue
       tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
-    except tf.errors.DataLossError as e:
-      found.append((path, _first_line(e)))
+    except IO_ERRORS + (OSError,) as e:
+      found.append((path, _why(e)))
   return found
+
+
+def _why(error: Exception) -> str:
+  if isinstance(error, tf.errors.PermissionDeniedError) or (
+      isinstance(error, OSError) and getattr(error, "errno", None) == 13):
+    return "permission denied"
+  if isinstance(error, tf.errors.NotFoundError) or isinstance(error, FileNotFoundError):
+    return "missing"
+  return _first_line(error)
 
 
 def _first_line(error: Exception) -> str:
@@ -225,18 +244,22 @@ def raise_if_damaged() -> None:
 
 
 def name_damaged_shards(iterator: Iterable, files: Optional[Sequence[str]] = None) -> Iterator:
-  """Yields from `iterator`; a DataLossError becomes a one-line DataError naming the
-  damaged shards among `files` (default: those registered with `register`), and a
-  damaged shard found by `check_run_splits`' background verification fails the next
-  item."""
+  """Yields from `iterator`; an I/O error (`IO_ERRORS`, OSError) becomes a one-line
+  DataError naming the damaged, missing or unreadable shards among `files` (default:
+  those registered with `register`), and a damaged shard found by `check_run_splits`'
+  background verification fails the next item."""
   try:
     for item in iterator:
       raise_if_damaged()
       yield item
-  except tf.errors.DataLossError as e:
+  except IO_ERRORS + (OSError,) as e:
     candidates = list(files) if files is not None else list(_REGISTERED)
     bad = damaged(candidates)
     if bad:
       names = ", ".join(f"{path} ({why})" for path, why in bad)
-      raise DataError(f"damaged shard{'s' * (len(bad) > 1)} {names}: {RERUN}") from None
+      what = ("unreadable" if all(why in ("missing", "permission denied") for _, why in bad)
+              else "damaged")
+      fix = (RERUN if any(why != "permission denied" for _, why in bad)
+             else "fix its permissions or storage")
+      raise DataError(f"{what} shard{'s' * (len(bad) > 1)} {names}: {fix}") from None
     raise DataError(f"a shard could not be read ({_first_line(e)}): {RERUN}") from None

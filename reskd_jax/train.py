@@ -17,7 +17,6 @@ change together with their ``best.json``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -137,9 +136,7 @@ class _FiniteWatch:
 
 
 def _lock(workdir: str):
-  if jax.process_index() == 0:
-    return workdir_lib.WorkdirLock(workdir)
-  return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir)  # every process follows process 0's decision
 
 
 def _prepare_teacher(config, info=None) -> Dict[str, Any]:
@@ -455,8 +452,8 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
             _save(step, force=True)
           preempted = True
           break
-  except NonFiniteError:
-    manager.wait_until_finished()  # the good checkpoints in flight land completely
+  except Exception:  # diverged, a data or save error: the good checkpoints in flight land
+    manager.settle()
     if last_good is not None:
       writer.commit(upto=last_good)
     writer.discard()

@@ -186,16 +186,32 @@ _received: Optional[int] = None  # the signal latched by `StopSignal`, process-w
 _installed = 0  # nesting depth of active `StopSignal` contexts
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+_loop_over = False  # the loop's own StopSignal has exited: nothing is left to stop
+
+
 def _handle_signal(signum, frame):
   del frame
   global _received
   if _received is None:
-    print(f"received signal {signum}: saving a checkpoint and stopping", flush=True)
+    what = ("the run is already finishing" if _loop_over
+            else "saving a checkpoint and stopping")
+    print(f"received {signal.Signals(signum).name}: {what}", flush=True)
   _received = signum
 
 
+def latch(signum: int) -> None:
+  """Records ``signum`` as if it had arrived now (a signal caught before the latch existed)."""
+  _handle_signal(signum, None)
+
+
 class StopSignal:
-  """Latches SIGTERM/SIGINT so the loop can checkpoint and stop cleanly.
+  """Latches SIGTERM/SIGINT/SIGHUP so the loop can checkpoint and stop cleanly.
+
+  SIGHUP (a closed terminal or ssh session) is a stop like the others: the
+  run saves and exits with status 143 instead of dying with nothing saved.
 
   The latch is process-wide (an outer context, e.g. in ``main.py``, catches a
   signal during start-up for the loop's inner one). :meth:`should_stop` is
@@ -231,11 +247,12 @@ class StopSignal:
     return pending is not None and bool(pending)
 
   def __enter__(self):
-    global _installed, _received
+    global _installed, _received, _loop_over
     if _installed == 0:
       _received = None
+    _loop_over = False
     _installed += 1
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
       try:
         self._previous[sig] = signal.signal(sig, _handle_signal)
       except ValueError:  # not the main thread
@@ -243,8 +260,10 @@ class StopSignal:
     return self
 
   def __exit__(self, *exc):
-    global _installed
+    global _installed, _loop_over
     _installed -= 1
+    if self._reduce is not None or _installed > 0:
+      _loop_over = True
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     return False

@@ -40,6 +40,8 @@ LOCK = "lock"
 # A lock from another host whose heartbeat is older than this is stale.
 STALE_AFTER_S = 15 * 60
 _HEARTBEAT_S = 30
+# How long processes 1.. wait for process 0's decision about the lock.
+_DECISION_TIMEOUT_S = 600
 
 
 def path(workdir: str, name: str) -> str:
@@ -52,6 +54,11 @@ class WorkdirLock:
   A lock held by a live process (same host), or one refreshed in the last
   ``STALE_AFTER_S`` seconds (another host), is a ``ConfigError``; a stale lock
   (dead pid, or an old heartbeat) is taken over with a warning.
+
+  With several processes, process 0 takes (or is refused) the lock and every
+  other process waits for its decision (through the coordination service's
+  key-value store) and follows it: all take the workdir, or all stop with
+  process 0's one-line message.
   """
 
   def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S):
@@ -85,12 +92,36 @@ class WorkdirLock:
                      f"heartbeat {age:.0f} s ago)")
 
   def acquire(self) -> "WorkdirLock":
+    import jax
+    if jax.process_count() > 1:
+      return self._acquire_together(jax.process_index())
+    return self._acquire()
+
+  def _acquire(self) -> "WorkdirLock":
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self._check_existing()
     fileio.write_json_atomic(self.path, {"pid": os.getpid(), "host": socket.gethostname(),
                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     self._thread = threading.Thread(target=self._beat, daemon=True)
     self._thread.start()
+    return self
+
+  def _acquire_together(self, index: int) -> "WorkdirLock":
+    from jax._src import distributed
+    client = distributed.global_state.client
+    key = f"reskd/workdir-lock/{os.path.abspath(self.path)}"
+    if index == 0:
+      try:
+        self._acquire()
+      except ConfigError as e:
+        client.key_value_set(key, f"refused:{e}")
+        raise
+      client.key_value_set(key, "taken")
+      return self
+    decision = client.blocking_key_value_get(key, _DECISION_TIMEOUT_S * 1000)
+    if decision.startswith("refused:"):
+      raise ConfigError(decision[len("refused:"):])
+    self._held_elsewhere = True
     return self
 
   def _beat(self) -> None:
@@ -102,6 +133,8 @@ class WorkdirLock:
 
   def release(self) -> None:
     self._stop.set()
+    if getattr(self, "_held_elsewhere", False):
+      return
     try:
       held = fileio.read_json(self.path, default={}) or {}
       if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():

@@ -77,14 +77,16 @@ def _args(setup, workdir):
           "--config.data.test_num_clips=2"]
 
 
-def _launch(setup, workdir, logdir):
-  """Starts the 2 processes, as a cluster launcher would; returns (procs, log paths)."""
+def _launch(setup, workdir, logdir, *extra, ids=(0, 1), ports=None):
+  """Starts the processes `ids` of 2 (each told the coordinator port in `ports`, default one
+  free port for all), as a cluster launcher would; returns (procs, log paths)."""
   port = _free_port()
   procs, logs = [], []
-  for pid in range(2):
-    logs.append(os.path.join(logdir, f"{os.path.basename(workdir)}.{pid}.log"))
-    cmd = [sys.executable, "main.py", *_args(setup, workdir),
-           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}"]
+  for i, pid in enumerate(ids):
+    logs.append(os.path.join(logdir, f"{os.path.basename(workdir)}.{i}.log"))
+    cmd = [sys.executable, "main.py", *_args(setup, workdir), *extra,
+           f"--coordinator_address=localhost:{ports[i] if ports else port}",
+           "--num_processes=2", f"--process_id={pid}"]
     with open(logs[-1], "a") as log:
       procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log,
                                     stderr=subprocess.STDOUT, text=True))
@@ -154,16 +156,24 @@ def test_two_processes_train_evaluate_save(setup, straight):
     assert results[key] == pytest.approx(metrics[key], abs=1e-12), key
 
 
+def _wait_for(logs, procs, needle, index=0):
+  deadline = time.time() + TIMEOUT
+  while needle not in open(logs[index]).read():
+    assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(logs)
+    time.sleep(0.05)
+
+
 def test_sigterm_to_one_process_stops_both_then_resumes_bit_identical(setup, straight):
+  """As a scheduler signals: one process, at a step where a checkpoint is being saved; then
+  a late SIGTERM to the other one while it shuts down (node skew) changes nothing."""
   workdir = str(setup["root"] / "interrupted")
-  procs, logs = _launch(setup, workdir, str(setup["root"]))
+  procs, logs = _launch(setup, workdir, str(setup["root"]), "--config.checkpoint_every_steps=4")
   try:
-    deadline = time.time() + TIMEOUT
-    while "[train] step 3/" not in open(logs[0]).read():
-      assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(logs)
-      time.sleep(0.05)
+    _wait_for(logs, procs, "[train] step 4/")  # process 1 is saving step 4 now
     signalled = time.time()
     procs[1].send_signal(signal.SIGTERM)  # the process that prints no progress
+    _wait_for(logs, procs, "stopped at step ")
+    procs[0].send_signal(signal.SIGTERM)  # late: it has agreed to stop already
     codes = _wait(procs, logs, signalled + STOP_LIMIT)
     stop_seconds = time.time() - signalled
   finally:
@@ -176,12 +186,16 @@ def test_sigterm_to_one_process_stops_both_then_resumes_bit_identical(setup, str
                   for line in text.splitlines() if "stopped at step " in line])
   assert len(steps[0]) == 1 and steps[0] == steps[1], _tail(logs)
   stopped = steps[0][0]
-  assert 3 <= stopped < STEPS, stopped
+  assert 4 <= stopped < STEPS, stopped
   assert stop_seconds < STOP_LIMIT
   assert not os.path.exists(os.path.join(workdir, train.RESULTS_FILE))
   ckpt_steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                       if d.isdigit())
-  assert ckpt_steps[-1] == stopped, ckpt_steps
+  assert ckpt_steps[-1] == stopped and 4 in ckpt_steps, ckpt_steps
+  sums = json.load(open(os.path.join(workdir, "checkpoints", checkpoints.CHECKSUMS_FILE)))
+  assert sorted(map(int, sums)) == ckpt_steps
+  text = "".join(open(path).read() for path in logs)
+  assert "Traceback" not in text and "[Gloo]" not in text, _tail(logs)
 
   codes, logs = _run2(setup, workdir)  # the same command again: resumes
   assert codes == [0, 0], _tail(logs)
