@@ -4,6 +4,7 @@
   python main.py --config=configs/minik_r50_112.py --config.batch_size=16 ...
   python main.py --config=... --workdir=... --mode=eval
   python main.py --config=... --workdir=... --mode=profile
+  python main.py --config=... --workdir=... --mode=plan --topology=v5e:2x2,v5e:4x4
 
 Works unchanged on one CPU, several GPUs, and multi-host TPU/GPU (one process
 per host, every host runs the same command). JAX joins the cluster by itself
@@ -38,8 +39,15 @@ from reskd_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "profile"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "profile", "plan"], "What to run "
+                  "(plan: compile ahead for Cloud TPU topologies, see docs/accelerators.md).")
 flags.DEFINE_list("resolutions", None, "Profile mode: resolutions (default: config.profile).")
+flags.DEFINE_list("topology", None, "Plan mode: Cloud TPU topologies, e.g. v5e:2x2,v5e:4x4.")
+flags.DEFINE_bool("max_batch", False, "Plan mode: also find the largest per-chip train batch "
+                  "that fits.")
+flags.DEFINE_float("hbm_gib", None, "Plan mode: HBM per chip in GiB (default: the chip's).")
+flags.DEFINE_float("hbm_margin", 0.9, "Plan mode: a step fits when it needs at most this "
+                   "fraction of the HBM.")
 config_flags.DEFINE_config_file("config", None, "Training configuration (a Python file).",
                                 lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 "
@@ -174,6 +182,12 @@ def main(argv):
     from reskd_jax import input_pipeline
     input_pipeline.hide_gpus_from_tf()
   try:
+    if FLAGS.mode == "plan":  # one process compiles for every host of the topology
+      from reskd_jax import plan
+      plan.run_plan(FLAGS.config, FLAGS.workdir, FLAGS.topology or [],
+                    max_batch=FLAGS.max_batch, hbm_gib=FLAGS.hbm_gib,
+                    margin=FLAGS.hbm_margin, verbose=FLAGS.verbosity >= 1)
+      return
     _initialize_distributed()
     import jax
     from reskd_jax import train, train_utils
