@@ -509,7 +509,6 @@ def run_plan(config, workdir: str, topologies: Sequence[str], *, max_batch: bool
              hbm_gib: Optional[float] = None, margin: float = DEFAULT_MARGIN,
              with_eval: bool = True, verbose: bool = False) -> Dict[str, Any]:
   """``--mode=plan``: plans every topology, writes plan.json and plan.txt, prints the table."""
-  require_libtpu()
   if not topologies:
     raise ConfigError("--mode=plan needs --topology (e.g. --topology=v5e:2x2,v5e:4x4)")
   for topology in topologies:
@@ -517,6 +516,7 @@ def run_plan(config, workdir: str, topologies: Sequence[str], *, max_batch: bool
       chips.for_topology(topology)
     except KeyError as e:
       raise ConfigError(f"--topology={topology}: {e.args[0]}") from None
+  require_libtpu()
   if not 0 < margin <= 1:
     raise ConfigError(f"--hbm_margin={margin}: expected a fraction in (0, 1]")
   t0 = time.time()
