@@ -112,8 +112,9 @@ def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
 
   _, result, _ = plans
   first = next(p for p in result["plans"] if p["topology"] == "v5e:2x2")["train"]
-  # HBM such that the limit (90% of it) lies a little above the config batch's need.
-  hbm_gib = first["memory_bytes"]["total"] * 1.06 / 0.9 / chips.GIB
+  # HBM such that the limit (90% of it) is 60% of what the config batch needs: the search
+  # goes down from there (tiny nets on TPU are far from affine; the edge is what counts).
+  hbm_gib = first["memory_bytes"]["total"] * 0.6 / 0.9 / chips.GIB
   config = activitynet_r50_112.get_config("tiny")
   config.teacher.checkpoint = _teacher(tmp_path)
   config.batch_size = config.eval_batch_size = 16
