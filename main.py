@@ -46,6 +46,7 @@ flags.DEFINE_list("topology", None, "Plan mode: Cloud TPU topologies, e.g. v5e:2
 flags.DEFINE_bool("max_batch", False, "Plan mode: also find the largest per-chip train batch "
                   "that fits.")
 flags.DEFINE_float("hbm_gib", None, "Plan mode: HBM per chip in GiB (default: the chip's).")
+flags.DEFINE_bool("plan_eval", True, "Plan mode: also compile the eval step.")
 flags.DEFINE_float("hbm_margin", 0.9, "Plan mode: a step fits when it needs at most this "
                    "fraction of the HBM.")
 config_flags.DEFINE_config_file("config", None, "Training configuration (a Python file).",
@@ -186,7 +187,8 @@ def main(argv):
       from reskd_jax import plan
       plan.run_plan(FLAGS.config, FLAGS.workdir, FLAGS.topology or [],
                     max_batch=FLAGS.max_batch, hbm_gib=FLAGS.hbm_gib,
-                    margin=FLAGS.hbm_margin, verbose=FLAGS.verbosity >= 1)
+                    margin=FLAGS.hbm_margin, with_eval=FLAGS.plan_eval,
+                    verbose=FLAGS.verbosity >= 1)
       return
     _initialize_distributed()
     import jax
