@@ -98,6 +98,18 @@ def _stderr_kept_on_error(verbose: bool):
         sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+  """Compile-only TPU executables cannot be read back from JAX's persistent compilation
+  cache ("PjRtCompiler must be constructed with a Client"): neither read nor write them."""
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", before)
+
+
 def topology_devices(name: str, verbose: bool = False):
   """(compile-only devices, chips) of a Cloud TPU topology such as ``v5e:2x2``."""
   require_libtpu()
@@ -252,7 +264,8 @@ def cost(compiled) -> Dict[str, float]:
   c = compiled.cost_analysis()
   if isinstance(c, (list, tuple)):  # older JAX: one dict per program
     c = c[0] if c else {}
-  return {"flops": float(c.get("flops", 0.0)), "bytes_accessed": float(c.get("bytes accessed", 0.0))}
+  return {"flops": float(c.get("flops", 0.0)),
+          "bytes_accessed": float(c.get("bytes accessed", 0.0))}
 
 
 _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
@@ -340,14 +353,14 @@ class Planner:
   def limit(self) -> int:
     return int(self.device_hbm * self.margin)
 
-  def _say(self, text: str) -> None:
+  def say(self, text: str) -> None:
     print(f"[plan] {self.topology}: {text}", file=self.stream, flush=True)
 
   def compile_step(self, which: str, per_device_batch: int) -> Dict[str, Any]:
     """Compiles the train or eval step at ``per_device_batch``; its figures."""
     steps, mesh = self.steps, self.mesh
     global_batch = per_device_batch * self.num_devices
-    self._say(f"compiling the {which} step, {per_device_batch} videos per device "
+    self.say(f"compiling the {which} step, {per_device_batch} videos per device "
               f"({global_batch} in all, {self.num_devices} devices, "
               f"{self.num_processes} process{'es' if self.num_processes > 1 else ''}) ...")
     t0 = time.time()
@@ -357,7 +370,7 @@ class Planner:
       lowered = steps.eval_fn(mesh).lower(*steps.eval_args(mesh, global_batch))
     oom = None
     try:
-      with _stderr_kept_on_error(self.verbose):
+      with _stderr_kept_on_error(self.verbose), _no_persistent_cache():
         compiled = lowered.compile()
     except Exception as e:  # the TPU compiler refuses programs larger than the chip's HBM
       text = str(e)
@@ -368,7 +381,7 @@ class Planner:
     seconds = time.time() - t0
     self.compiles += 1
     if compiled is None:
-      self._say(f"{which} step at {per_device_batch} videos/device does not fit "
+      self.say(f"{which} step at {per_device_batch} videos/device does not fit "
                 f"(compiler: {oom}) [{_fmt_s(seconds)}]")
       return {"step": which, "per_device_batch": per_device_batch,
               "global_batch": global_batch, "fits": False, "compiler_error": oom,
@@ -388,7 +401,7 @@ class Planner:
         "only_all_reduce": set(found) <= {"all-reduce"},
         "compile_seconds": round(seconds, 1),
     }
-    self._say(f"{which} step compiled in {_fmt_s(seconds)}: {_gib(mem['total']):.2f} GiB of "
+    self.say(f"{which} step compiled in {_fmt_s(seconds)}: {_gib(mem['total']):.2f} GiB of "
               f"{_gib(self.device_hbm):.2f} GiB per device "
               f"({'fits' if fits else 'does NOT fit'} under {self.margin:.0%}), "
               f"{_flops_text(flops['flops'])}, "
@@ -498,8 +511,8 @@ def plan_topology(steps: RunSteps, topology: str, *, max_batch: bool = False,
   if max_batch:
     entry["max_batch"] = planner.largest_batch(train)
     mb = entry["max_batch"]
-    planner._say(f"largest train batch: {mb['per_device_batch']} videos per device "  # pylint: disable=protected-access
-                 f"({mb['compiles']} compiles)")
+    planner.say(f"largest train batch: {mb['per_device_batch']} videos per device "
+                f"({mb['compiles']} compiles)")
   entry["compiles"] = planner.compiles
   entry["seconds"] = round(time.time() - t0, 1)
   return entry

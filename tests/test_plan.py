@@ -6,6 +6,7 @@ main.py; the largest-batch search against direct compiles under a small memory
 figure; the one-line stop without libtpu; the accelerator extras' pins.
 """
 
+import io
 import json
 import os
 import re
@@ -41,8 +42,8 @@ def _teacher(tmp_path):
 
 
 def _env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
-  return env
+  # No JAX_COMPILATION_CACHE_DIR: compile-only TPU executables cannot be cached.
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
 
 
 def _main(workdir, *args, env=None):
@@ -57,7 +58,8 @@ def plans(tmp_path_factory):
   """One main.py run planning the tiny ResKD run on v5e:2x2 and the multi-host v5e:4x4."""
   tmp = tmp_path_factory.mktemp("plan")
   workdir = tmp / "w"
-  proc = _main(workdir, "--topology=v5e:2x2,v5e:4x4", f"--config.teacher.checkpoint={_teacher(tmp)}",
+  proc = _main(workdir, "--topology=v5e:2x2,v5e:4x4",
+               f"--config.teacher.checkpoint={_teacher(tmp)}",
                "--config.batch_size=16", "--config.eval_batch_size=16")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   return proc, json.loads((workdir / "plan.json").read_text()), workdir
@@ -107,6 +109,7 @@ def test_plan_of_tiny_reskd_single_and_multi_host(plans):
 @needs_libtpu
 def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
   """Under a small memory figure, the predicted batch fits and the next one up does not."""
+  import jax
   from configs import activitynet_r50_112
   from reskd_jax import plan
 
@@ -126,12 +129,18 @@ def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
   assert found["compiles"] == len(found["compiled_batches"]) <= 8
   assert found["tries"] and all(t["error_percent"] is not None for t in found["tries"]
                                 if t["compiled_bytes"])
-  # Direct compiles, independent of the search's own records.
+  # Direct compiles, independent of the search's own records (JAX's persistent cache, on in
+  # this test process, is bypassed: it cannot read compile-only TPU executables back).
+  cache = jax.config.jax_compilation_cache_dir
+  cached_before = set(os.listdir(cache)) if os.path.isdir(cache) else set()
   steps = plan.RunSteps(config)
-  planner = plan.Planner(steps, "v5e:2x2", hbm_gib=hbm_gib, stream=open(os.devnull, "w"))
+  planner = plan.Planner(steps, "v5e:2x2", hbm_gib=hbm_gib, stream=io.StringIO())
   assert planner.compile_step("train", best)["fits"] is True
   assert planner.compile_step("train", best + 1)["fits"] is False
-  assert f"largest train batch: {best} videos per device" in (tmp_path / "w" / "plan.txt").read_text()
+  after = set(os.listdir(cache)) if os.path.isdir(cache) else set()
+  assert not [f for f in after - cached_before if f.startswith("jit_step")]  # nothing cached
+  table = (tmp_path / "w" / "plan.txt").read_text()
+  assert f"largest train batch: {best} videos per device" in table
 
 
 def test_plan_without_libtpu_stops_with_one_line(tmp_path):
