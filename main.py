@@ -45,6 +45,7 @@ flags.DEFINE_list("resolutions", None, "Profile mode: resolutions (default: conf
 flags.DEFINE_list("topology", None, "Plan mode: Cloud TPU topologies, e.g. v5e:2x2,v5e:4x4.")
 flags.DEFINE_bool("max_batch", False, "Plan mode: also find the largest per-chip train batch "
                   "that fits.")
+flags.DEFINE_alias("max-batch", "max_batch")
 flags.DEFINE_float("hbm_gib", None, "Plan mode: HBM per chip in GiB (default: the chip's).")
 flags.DEFINE_bool("plan_eval", True, "Plan mode: also compile the eval step.")
 flags.DEFINE_float("hbm_margin", 0.9, "Plan mode: a step fits when it needs at most this "

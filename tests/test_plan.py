@@ -158,7 +158,7 @@ def test_plan_without_libtpu_stops_with_one_line(tmp_path):
 
 
 def test_bad_topology_and_batch_are_one_line(tmp_path):
-  proc = _main(tmp_path / "w", "--topology=v9x:2x2")
+  proc = _main(tmp_path / "w", "--topology=v9x:2x2", "--max-batch")  # the spelling too
   assert proc.returncode == errors.EXIT_BAD_INPUT
   assert proc.stderr.strip().count("\n") == 0 and "v9x" in proc.stderr
   assert "v4, v5e, v5p, v6e" in proc.stderr
