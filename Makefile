@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,torch,beam]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,torch,beam,tpu]'
 	touch $(STAMP)
 
 test: $(STAMP)

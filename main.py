@@ -5,6 +5,7 @@
   python main.py --workdir=runs/minik_r50_112               # resume (the saved config)
   python main.py --workdir=runs/minik_r50_112 --mode=eval   # evaluate its variables/
   python main.py --config=... --workdir=... --mode=profile
+  python main.py --config=... --workdir=... --mode=plan --topology=v5e:2x2,v5e:4x4
 
 A workdir knows its run: without --config, the config saved in
 <workdir>/config.json is used (``configs/saved.py``), and --config.KEY=VALUE
@@ -51,8 +52,17 @@ from reskd_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "profile"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "profile", "plan"], "What to run "
+                  "(plan: compile ahead for Cloud TPU topologies, see docs/accelerators.md).")
 flags.DEFINE_list("resolutions", None, "Profile mode: resolutions (default: config.profile).")
+flags.DEFINE_list("topology", None, "Plan mode: Cloud TPU topologies, e.g. v5e:2x2,v5e:4x4.")
+flags.DEFINE_bool("max_batch", False, "Plan mode: also find the largest per-chip train batch "
+                  "that fits.")
+flags.DEFINE_alias("max-batch", "max_batch")
+flags.DEFINE_float("hbm_gib", None, "Plan mode: HBM per chip in GiB (default: the chip's).")
+flags.DEFINE_bool("plan_eval", True, "Plan mode: also compile the eval step.")
+flags.DEFINE_float("hbm_margin", 0.9, "Plan mode: a step fits when it needs at most this "
+                   "fraction of the HBM.")
 config_flags.DEFINE_config_file("config", None, "Training configuration (a Python file); "
                                 "default: the config saved in --workdir.", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 "
@@ -259,6 +269,13 @@ def main(argv):
     train_utils.latch(signum)
   status = errors.EXIT_OK
   try:
+    if FLAGS.mode == "plan":  # one process compiles for every host of the topology
+      from reskd_jax import plan
+      plan.run_plan(FLAGS.config, FLAGS.workdir, FLAGS.topology or [],
+                    max_batch=FLAGS.max_batch, hbm_gib=FLAGS.hbm_gib,
+                    margin=FLAGS.hbm_margin, with_eval=FLAGS.plan_eval,
+                    verbose=FLAGS.verbosity >= 1)
+      return
     _initialize_distributed()
     import jax
     from reskd_jax import train

@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# The accelerator extras must match jax/jaxlib exactly (constraints.txt pins the same).
+JAX_VERSION = "0.10.2"
+LIBTPU_VERSION = "0.0.42.1"
+
 setup(
     name="reskd-jax",
     version="0.1.0",
@@ -35,5 +39,12 @@ setup(
         "torch": ["torch>=2.4"],
         # Cluster-scale data generation (the TFDS builders' `beam` configs).
         "beam": ["apache-beam>=2.60"],
+        # Accelerators: JAX's own extras at the pinned jax version (tests/test_plan.py checks
+        # these pins against constraints.txt). `tpu` brings libtpu: training on a Cloud TPU VM,
+        # and `--mode=plan` (compile-only TPU topologies) on any machine. tf.data stays on
+        # the host CPU (tensorflow-cpu) everywhere.
+        "tpu": [f"jax[tpu]=={JAX_VERSION}", f"libtpu=={LIBTPU_VERSION}"],
+        "cuda12": [f"jax[cuda12]=={JAX_VERSION}"],
+        "cuda13": [f"jax[cuda13]=={JAX_VERSION}"],
     },
 )

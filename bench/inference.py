@@ -38,6 +38,8 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
   p.add_argument("--channels-last", action="store_true", help="torch channels_last memory format")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--torch-device", default="cpu",
+                 help="where torch runs: cpu, or cuda (the same GPU as JAX)")
   args = p.parse_args(argv)
 
   import torch  # optional: only the benchmarks against PyTorch need it
@@ -54,12 +56,13 @@ def main(argv=None):
   variables = jax.device_put(variables)
   if args.channels_last:
     tmodel = tmodel.to(memory_format=torch.channels_last)
+  tmodel = tmodel.to(args.torch_device)
 
   print(f"# {args.arch}, batch {args.batch_size} videos x {args.frames} frames, float32, "
         f"median of {args.iters} (warm-up {args.warmup})")
   print(f"# JAX {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores")
+        f"({args.torch_device}, {torch.get_num_threads()} threads); "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
   print(f"{'res':>5} {'JAX videos/s':>13} {'torch videos/s':>15} {'JAX/torch':>10}")
   results = {}
   for res in [int(r) for r in args.resolutions.split(",")]:
@@ -77,9 +80,13 @@ def main(argv=None):
         tv = tv.reshape(b * t, *tv.shape[2:]).contiguous(memory_format=torch.channels_last)
         tv = tv.reshape(b, t, *tv.shape[1:])
 
+      tv = tv.to(args.torch_device)
+
       def run_torch():
         with torch.inference_mode():
           tmodel(tv)
+        if args.torch_device.startswith("cuda"):
+          torch.cuda.synchronize()
       t_torch, _ = median_time(run_torch, args.iters, args.warmup)
     vj, vt = args.batch_size / t_jax, args.batch_size / t_torch
     results[res] = (vj, vt)

@@ -1,0 +1,51 @@
+"""Keeps JAX from probing for a TPU on machines that have libtpu but no TPU chips.
+
+libtpu is installed by the ``tpu`` extra, also on CPU machines, where it only
+serves ``--mode=plan`` (compile-only TPU devices). There JAX would still try
+to start a TPU client at the first ``jax.devices()``, which takes about half a
+second and prints libtpu's errors about missing TPU hosts on stderr. Unless
+``JAX_PLATFORMS`` is set, :func:`skip_absent_tpu` leaves the TPU out when no
+TPU chip is attached (JAX's own PCI check) and no NVIDIA GPU is visible; on a
+Cloud TPU VM or a GPU machine nothing changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+
+def tpu_chips_attached() -> int:
+  """TPU chips on this machine's PCI bus (JAX's own check; 0 where it cannot tell)."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
+    return int(hardware_utils.num_available_tpu_chips_and_device_id()[0])
+  except Exception:  # pylint: disable=broad-except  (a private helper that may move)
+    return 0
+
+
+def allow_compile_only_libtpu() -> None:
+  """Lets several processes load libtpu where no TPU is attached (compile-only use).
+
+  libtpu takes a machine-wide lock file (/tmp/libtpu_lockfile) so that one
+  process owns the chips; without chips there is nothing to own, and plans
+  (or tests) running side by side would otherwise fail with "Internal error
+  when accessing libtpu multi-process lockfile".
+  """
+  if not tpu_chips_attached():
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def skip_absent_tpu() -> bool:
+  """Sets ``JAX_PLATFORMS=cpu`` in the situation above (before JAX starts); True if it did."""
+  if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
+    return False
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  if glob.glob("/dev/nvidia[0-9]*"):
+    return False
+  if tpu_chips_attached():
+    return False
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  return True
