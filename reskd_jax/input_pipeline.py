@@ -610,6 +610,7 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
                                 f"shard is in the \"frames\" layout); re-run data_prep for "
                                 f"{data_cfg.data_dir!r}")
     shard_check.check_sizes(frames_files, entry.get("frames_bytes"))
+    shard_check.register(frames_files)
   shard_check.register(files)
   if train:
     ds = _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index, count,

@@ -46,7 +46,7 @@ LAYOUT_FRAMES = "frames"
 LAYOUT_SEQUENCE = "sequence_example"
 LAYOUTS = (LAYOUT_FRAMES, LAYOUT_SEQUENCE)
 _SHARD_SUFFIX = ".tfrecord"
-_FRAMES_SUFFIX = ".frames"
+FRAMES_SUFFIX = ".frames"
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -57,7 +57,7 @@ def frames_path(shard_path: str) -> str:
   """The `.frames` file that goes with a shard (`<...>.tfrecord` -> `<...>.frames`)."""
   if shard_path.endswith(_SHARD_SUFFIX):
     shard_path = shard_path[:-len(_SHARD_SUFFIX)]
-  return shard_path + _FRAMES_SUFFIX
+  return shard_path + FRAMES_SUFFIX
 
 
 def split_layout(split_entry: Dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from reskd_jax.errors import DataError
+from reskd_jax.records import FRAMES_SUFFIX  # the "frames" layout's file of a shard's JPEGs
 
 RERUN = "rerun the data_prep command that wrote it: it rewrites damaged shards"
 # tf.data's errors for a file that cannot be read (besides OSError from Python readers).
@@ -88,6 +89,10 @@ def damaged(files: Iterable[str]) -> List[Tuple[str, str]]:
     try:
       if not tf.io.gfile.exists(path):
         found.append((path, "missing"))
+        continue
+      if path.endswith(FRAMES_SUFFIX):  # raw JPEG bytes (CRC-checked frame by frame as read)
+        with tf.io.gfile.GFile(path, "rb") as f:
+          f.read(1)
         continue
       tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
     except IO_ERRORS + (OSError,) as e:
@@ -252,9 +257,13 @@ def name_damaged_shards(iterator: Iterable, files: Optional[Sequence[str]] = Non
     for item in iterator:
       raise_if_damaged()
       yield item
-  except IO_ERRORS + (OSError,) as e:
+  except IO_ERRORS + (OSError, tf.errors.UnknownError) as e:
+    # UnknownError: a Python error inside tf.data, e.g. the "frames" layout's reader
+    # (`records.read_frames`) finding its `.frames` file gone.
     candidates = list(files) if files is not None else list(_REGISTERED)
     bad = damaged(candidates)
+    if not bad and isinstance(e, tf.errors.UnknownError):
+      raise  # not an I/O problem of a shard: a bug keeps its traceback
     if bad:
       names = ", ".join(f"{path} ({why})" for path, why in bad)
       what = ("unreadable" if all(why in ("missing", "permission denied") for _, why in bad)
