@@ -30,7 +30,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 
 # Signals from the very start (a scheduler may signal a process that is still importing):
 # remembered here, handed to train_utils.StopSignal once it is imported (see main()).
@@ -48,7 +47,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from reskd_jax import errors
+from reskd_jax import errors, log_filter
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -224,26 +223,20 @@ def _native_info_dropped(active: bool):
   if not active:
     yield
     return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as tmp:
-    os.dup2(tmp.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      tmp.seek(0)
-      dropping = False
-      for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
-        if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
-          continue
-        if re.match(r"[IWEF]\d{4} ", line):
-          dropping = line[0] == "I"
-        if not dropping:
-          sys.stderr.write(line)
-      sys.stderr.flush()
+  with log_filter.captured_stderr(lambda text, failed: _without_native_info(text)):
+    yield
+
+
+def _without_native_info(text: str) -> str:
+  kept, dropping = [], False
+  for line in text.splitlines(keepends=True):
+    if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
+      continue
+    if re.match(r"[IWEF]\d{4} ", line):
+      dropping = line[0] == "I"
+    if not dropping:
+      kept.append(line)
+  return "".join(kept)
 
 
 def main(argv):

@@ -20,11 +20,37 @@ through) and exits when both pipes are closed, i.e. when the run has exited.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import sys
+import tempfile
 import threading
+from typing import Callable
+
+@contextlib.contextmanager
+def captured_stderr(release: Callable[[str, bool], str]):
+  """Runs the block with file descriptor 2 (C++ libraries' stderr too) going to a temporary
+  file, then writes ``release(text, failed)`` to stderr (``failed``: the block raised)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    failed = True
+    try:
+      yield
+      failed = False
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      text = release(tmp.read().decode(errors="replace"), failed)
+      if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
 
 _DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
                    r"|^E\d{4} .*coordination_service_agent\.cc:\d+\] Polled an error from "

@@ -34,7 +34,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -45,7 +44,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from reskd_jax import checkpoints, chips, config_checks, input_pipeline, models, optim, platforms
-from reskd_jax import train_step
+from reskd_jax import log_filter, train_step
 from reskd_jax.errors import ConfigError, ReskdError
 from reskd_jax.fileio import read_json, write_json_atomic
 
@@ -72,30 +71,13 @@ def require_libtpu() -> None:
         "pip install -c constraints.txt -e '.[tpu]' (or `make install`)") from None
 
 
-@contextlib.contextmanager
 def _stderr_kept_on_error(verbose: bool):
   """libtpu prints start-up lines (no TPU attached, no worker hostnames) on stderr when it
   loads on a machine without TPUs; they mean nothing for compile-only devices. Shown only
   when something fails or with ``verbose``."""
   if verbose:
-    yield
-    return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as tmp:
-    os.dup2(tmp.fileno(), 2)
-    failed = True
-    try:
-      yield
-      failed = False
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      if failed:
-        tmp.seek(0)
-        sys.stderr.write(tmp.read().decode(errors="replace"))
-        sys.stderr.flush()
+    return contextlib.nullcontext()
+  return log_filter.captured_stderr(lambda text, failed: text if failed else "")
 
 
 @contextlib.contextmanager
