@@ -48,4 +48,8 @@ def skip_absent_tpu() -> bool:
   if tpu_chips_attached():
     return False
   os.environ["JAX_PLATFORMS"] = "cpu"
+  # JAX reads JAX_PLATFORMS when it is first imported, which `tpu_chips_attached` (or the
+  # caller) may have done already: set the option itself too.
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_platforms", "cpu")
   return True

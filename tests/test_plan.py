@@ -239,3 +239,18 @@ def test_accelerator_extras_are_declared_and_agree_with_constraints():
   if HAVE_LIBTPU:
     from importlib import metadata
     assert metadata.version("libtpu") == pins["libtpu"]
+
+
+@needs_libtpu
+def test_installed_libtpu_without_chips_leaves_jax_on_the_cpu_quietly():
+  """With the tpu extra on a machine without TPU chips, importing reskd_jax keeps JAX off
+  libtpu: no TPU probe, none of libtpu's start-up lines (JAX_PLATFORMS unset, as a user
+  has it; JAX may already be imported by then)."""
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  code = ("import reskd_jax, jax; print(jax.config.jax_platforms, "
+          "[d.platform for d in jax.devices()])")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "cpu ['cpu']", proc.stdout
+  assert "TPU" not in proc.stderr and "libtpu" not in proc.stderr, proc.stderr[-2000:]
