@@ -34,8 +34,9 @@ import sys
 # Signals from the very start (a scheduler may signal a process that is still importing):
 # remembered here, handed to train_utils.StopSignal once it is imported (see main()).
 _EARLY_SIGNALS = []
-for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-  signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+if __name__ == "__main__":  # run as the program (an import, e.g. by a test, changes nothing)
+  for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
 # Quiet by default: TensorFlow's C++ start-up lines only with --verbosity>=1 (read before
 # TensorFlow is first imported, in main()).

@@ -216,14 +216,17 @@ def test_input_problems_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
   monkeypatch.setattr(main_module, "_initialize_distributed", lambda: None)
   main_module.FLAGS(["main.py", f"--config={ROOT}/configs/minik_r50_112.py:tiny",
                      f"--workdir={tmp_path}", "--mode=eval"])
+  # main() latches the stop signals for the rest of its process: give this one them back.
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                     signal.SIGHUP)}
   try:
     def bad_input(config, workdir):
-      raise errors.CheckpointError("the checkpoint does not fit")
+      raise errors.DataError("the data set does not fit")
     monkeypatch.setattr(train, "evaluate_workdir", bad_input)
     with pytest.raises(SystemExit) as exit_info:
       main_module.main(["main.py"])
     assert exit_info.value.code == errors.EXIT_BAD_INPUT
-    assert capsys.readouterr().err.strip() == "error: the checkpoint does not fit"
+    assert capsys.readouterr().err.strip() == "error: the data set does not fit"
 
     for exc in (ValueError("invalid literal"), KeyError("oops"), TypeError("bad operand")):
       def raising(config, workdir, exc=exc):
@@ -234,6 +237,8 @@ def test_input_problems_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     assert "error:" not in capsys.readouterr().err
   finally:
     main_module.FLAGS.unparse_flags()
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
 
 
 def test_sigterm_then_resume_equals_uninterrupted_run(setup):
