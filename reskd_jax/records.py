@@ -223,37 +223,48 @@ def stored_frames(example):
   return tf.size(example["frame_offsets"]) - 1
 
 
-class _Files(threading.local):
-  """Open `.frames` files, per thread: local ones as descriptors read with os.pread
-  (reopened when the path names another file since, e.g. a shard data_prep rewrote),
-  others (gs://, s3://, ...) as tf.io.gfile.GFile objects."""
+class _Files:
+  """Open `.frames` files, shared by every thread: local ones as descriptors read with
+  os.pread (safe from several threads; reopened when the path names another file since,
+  e.g. a shard data_prep rewrote), others (gs://, s3://, ...) as tf.io.gfile.GFile objects
+  read under a lock of their own.
+
+  Not per thread (threading.local): tf.data calls `read_frames` from threads of its own,
+  and each such call gets a new Python thread state, so per-thread handles would be
+  opened at every call and never closed (one descriptor leaked per video read).
+  """
 
   def __init__(self):
     self.open = {}
+    self.retired = []  # descriptors of replaced files: another thread may still read one
+    self.lock = threading.Lock()
 
   def handle(self, path: str):
     """An open handle of `path`; call once per video (a local file is stat'ed)."""
-    if "://" in path:
-      if path not in self.open:
-        import tensorflow as tf
-        self.open[path] = tf.io.gfile.GFile(path, "rb")
-      return self.open[path]
-    stat = os.stat(path)
-    key = (stat.st_dev, stat.st_ino)
-    fd, opened = self.open.get(path, (None, None))
-    if opened != key:
-      if fd is not None:
-        os.close(fd)
-      fd = os.open(path, os.O_RDONLY)
-      self.open[path] = (fd, key)
-    return fd
+    with self.lock:
+      if "://" in path:
+        if path not in self.open:
+          import tensorflow as tf
+          self.open[path] = (tf.io.gfile.GFile(path, "rb"), threading.Lock())
+        return self.open[path]
+      stat = os.stat(path)
+      key = (stat.st_dev, stat.st_ino)
+      fd, opened = self.open.get(path, (None, None))
+      if opened != key:
+        if fd is not None:
+          self.retired.append(fd)
+        fd = os.open(path, os.O_RDONLY)
+        self.open[path] = (fd, key)
+      return fd
 
   @staticmethod
   def read(handle, start: int, size: int) -> bytes:
     if isinstance(handle, int):
       return os.pread(handle, size, start)
-    handle.seek(start)
-    return handle.read(size)
+    gfile, lock = handle
+    with lock:
+      gfile.seek(start)
+      return gfile.read(size)
 
 
 _FILES = _Files()
