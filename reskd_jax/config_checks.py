@@ -98,27 +98,7 @@ def check_values(config) -> None:
   if config.num_train_steps == -1 and not config.num_epochs > 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs}: must be positive (or set "
                       f"config.num_train_steps)")
-  data = config.data
-  if data.sampling not in ("tsn", "dense"):
-    raise ConfigError(f"config.data.sampling={data.sampling!r}: expected 'tsn' or 'dense'")
-  if data.test_num_crops not in (1, 3):
-    raise ConfigError(f"config.data.test_num_crops={data.test_num_crops}: expected 1 (centre) "
-                      f"or 3 (ThreeCrop)")
-  for key in ("num_frames", "clip_len", "frame_interval", "test_num_clips", "crop_size",
-              "short_side", "shuffle_buffer"):
-    if int(data[key]) < 1:
-      raise ConfigError(f"config.data.{key}={data[key]}: must be at least 1")
-  scale = int(data.get("decode_scale", 1))
-  if scale not in (1, 2, 4, 8):
-    raise ConfigError(f"config.data.decode_scale={scale}: expected 1, 2, 4 or 8 (JPEG's DCT "
-                      f"scaling)")
-  if data.crop_size % scale or data.short_side % scale:
-    raise ConfigError(f"config.data.crop_size={data.crop_size} and config.data.short_side="
-                      f"{data.short_side} must be multiples of config.data.decode_scale={scale}")
-  if data.short_side < data.crop_size:
-    raise ConfigError(f"config.data.crop_size={data.crop_size} is larger than "
-                      f"config.data.short_side={data.short_side}: crops are taken from frames "
-                      f"resized to the short side; lower the crop or raise the short side")
+  input_pipeline.check_data_config(config.data)
   opt = config.optimizer
   if opt.get("name", "sgd") not in ("sgd", "adamw"):
     raise ConfigError(f"config.optimizer.name={opt.name!r}: expected 'sgd' or 'adamw'")

@@ -69,6 +69,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from reskd_jax import records
 from reskd_jax import sampling
 from reskd_jax import shard_check
+from reskd_jax.errors import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _MAX_CYCLE_LENGTH = 16  # shards interleaved per host
@@ -124,25 +125,29 @@ def num_views(data_cfg) -> int:
   return data_cfg.test_num_clips * data_cfg.test_num_crops
 
 
-def _validate_config(data_cfg) -> None:
-  if data_cfg.sampling not in ("tsn", "dense"):
-    raise ValueError(f"data.sampling must be 'tsn' or 'dense', got {data_cfg.sampling!r}")
-  if data_cfg.test_num_crops not in (1, 3):
-    raise ValueError(f"data.test_num_crops must be 1 (centre) or 3 (ThreeCrop), "
-                     f"got {data_cfg.test_num_crops}")
+def check_data_config(data) -> None:
+  """ConfigError (a ValueError) for `config.data` values the pipeline cannot use; the one
+  home of these checks (config_checks.check_config runs them at start-up)."""
+  if data.sampling not in ("tsn", "dense"):
+    raise ConfigError(f"config.data.sampling={data.sampling!r}: expected 'tsn' or 'dense'")
+  if data.test_num_crops not in (1, 3):
+    raise ConfigError(f"config.data.test_num_crops={data.test_num_crops}: expected 1 (centre) "
+                      f"or 3 (ThreeCrop)")
   for key in ("num_frames", "clip_len", "frame_interval", "test_num_clips", "crop_size",
-              "shuffle_buffer"):
-    if int(data_cfg[key]) < 1:
-      raise ValueError(f"data.{key} must be >= 1, got {data_cfg[key]}")
-  scale = decode_scale(data_cfg)
+              "short_side", "shuffle_buffer"):
+    if int(data[key]) < 1:
+      raise ConfigError(f"config.data.{key}={data[key]}: must be at least 1")
+  scale = decode_scale(data)
   if scale not in (1, 2, 4, 8):
-    raise ValueError(f"data.decode_scale must be 1, 2, 4 or 8 (JPEG's DCT scaling), got {scale}")
-  if data_cfg.crop_size % scale or data_cfg.short_side % scale:
-    raise ValueError(f"data.crop_size ({data_cfg.crop_size}) and data.short_side "
-                     f"({data_cfg.short_side}) must be multiples of data.decode_scale ({scale})")
-  if data_cfg.short_side < data_cfg.crop_size:
-    raise ValueError(f"data.short_side ({data_cfg.short_side}) must be >= data.crop_size "
-                     f"({data_cfg.crop_size})")
+    raise ConfigError(f"config.data.decode_scale={scale}: expected 1, 2, 4 or 8 (JPEG's DCT "
+                      f"scaling)")
+  if data.crop_size % scale or data.short_side % scale:
+    raise ConfigError(f"config.data.crop_size={data.crop_size} and config.data.short_side="
+                      f"{data.short_side} must be multiples of config.data.decode_scale={scale}")
+  if data.short_side < data.crop_size:
+    raise ConfigError(f"config.data.crop_size={data.crop_size} is larger than "
+                      f"config.data.short_side={data.short_side}: crops are taken from frames "
+                      f"resized to the short side; lower the crop or raise the short side")
 
 
 def _split_files(data_dir: str, manifest: Dict[str, Any], split: str) -> list:
@@ -592,7 +597,7 @@ def create_dataset(data_cfg, split: str, *, train: bool, batch_size: int, num_cl
       exactly where an uninterrupted run would be (whole epochs are skipped
       without reading; see `_train_dataset`). Ignored for eval.
   """
-  _validate_config(data_cfg)
+  check_data_config(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   hide_gpus_from_tf()
