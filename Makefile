@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m reskd_jax.demo --workdir=runs/demo
+	$(PY) -m reskd_jax.tools.demo --workdir=runs/demo
 
 clean:
 	rm -rf $(VENV) runs .cache

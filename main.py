@@ -253,8 +253,8 @@ def main(argv):
   # Hide accelerators from TensorFlow: tf.data runs on the host CPU and must
   # not reserve GPU memory.
   with _native_info_dropped(FLAGS.verbosity < 1):
-    from reskd_jax import input_pipeline, train_utils
-    input_pipeline.hide_gpus_from_tf()
+    from reskd_jax import platforms, train_utils
+    platforms.hide_gpus_from_tf()
   # Signals stay latched until the process exits: a SIGTERM (SIGINT, SIGHUP) while
   # starting, joining, training or leaving the cluster stops the run cleanly (exit 143),
   # and never kills one process while the others wait for it.
@@ -264,7 +264,7 @@ def main(argv):
   status = errors.EXIT_OK
   try:
     if FLAGS.mode == "plan":  # one process compiles for every host of the topology
-      from reskd_jax import plan
+      from reskd_jax.tools import plan
       plan.run_plan(FLAGS.config, FLAGS.workdir, FLAGS.topology or [],
                     max_batch=FLAGS.max_batch, hbm_gib=FLAGS.hbm_gib,
                     margin=FLAGS.hbm_margin, with_eval=FLAGS.plan_eval,
@@ -285,7 +285,7 @@ def main(argv):
     elif FLAGS.mode == "eval":
       train.evaluate_workdir(FLAGS.config, FLAGS.workdir)
     else:
-      from reskd_jax import profiling
+      from reskd_jax.tools import profiling
       resolutions = [int(r) for r in FLAGS.resolutions] if FLAGS.resolutions else None
       profiling.run_profile(FLAGS.config, FLAGS.workdir, resolutions=resolutions)
     watch.stop()

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from data_prep.repack import repack  # noqa: E402
-from reskd_jax import input_pipeline as ip  # noqa: E402
-from reskd_jax import records, sampling  # noqa: E402
+from reskd_jax import platforms  # noqa: E402
+from reskd_jax.data import pipeline as ip, records, sampling  # noqa: E402
 
 
 def _array_record(data_dir, out):
@@ -73,7 +73,7 @@ def main():
   p.add_argument("--videos", type=int, default=400)
   p.add_argument("--rounds", type=int, default=2)
   args = p.parse_args()
-  ip.hide_gpus_from_tf()
+  platforms.hide_gpus_from_tf()
   base = os.path.dirname(os.path.abspath(args.data_dir))
   frames_dir = os.path.join(base, "records-frames")
   if not os.path.isfile(os.path.join(frames_dir, records.MANIFEST)):

@@ -22,8 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
 
-from reskd_jax import convert  # noqa: E402
 from reskd_jax.models import build_model  # noqa: E402
+from reskd_jax.tools import convert_weights  # noqa: E402
 
 
 def main(argv=None):
@@ -50,7 +50,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
   depth = int(args.arch.replace("resnet", ""))
   tmodel = torch_resnet.resnet(depth, args.num_classes).eval()
-  variables, _ = convert.convert_state_dict(tmodel.state_dict(), args.arch)
+  variables, _ = convert_weights.convert_state_dict(tmodel.state_dict(), args.arch)
   jmodel = build_model(args.arch, args.num_classes)
   fwd = jax.jit(lambda v, x: jmodel.apply(v, x, train=False))
   variables = jax.device_put(variables)

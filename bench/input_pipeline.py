@@ -6,9 +6,9 @@
 Generates real encoded videos with PyAV (H.264, yuv420p, lossy as downloaded
 clips are) at two sizes and three lengths (64 frames, 250 = 10 s at 25 fps,
 1500 = a minute), converts them with `data_prep` (`folder` format, short side
-256, JPEG quality 90) in both stored layouts of `reskd_jax.records` (the
+256, JPEG quality 90) in both stored layouts of `reskd_jax.data.records` (the
 "sequence_example" layout converted, then repacked to "frames" with
-`data_prep repack`: the same JPEGs) and runs `reskd_jax.input_pipeline` on
+`data_prep repack`: the same JPEGs) and runs `reskd_jax.data.pipeline` on
 them, the two layouts measured one after the other for each row:
 
   340x256   Kinetics' typical size, stored unchanged;
@@ -50,7 +50,8 @@ import tensorflow as tf  # noqa: E402
 from configs import default  # noqa: E402
 from data_prep import ConvertOptions, convert_format  # noqa: E402
 from data_prep.repack import repack  # noqa: E402
-from reskd_jax import input_pipeline, records  # noqa: E402
+from reskd_jax import platforms  # noqa: E402
+from reskd_jax.data import clips, pipeline as input_pipeline, records  # noqa: E402
 
 CLIPS = {"340x256": (256, 340), "hd": (720, 1280)}  # name -> source (height, width)
 LAYOUTS = (records.LAYOUT_SEQUENCE, records.LAYOUT_FRAMES)
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
   p.add_argument("--decode-scale", type=int, default=1, choices=(1, 2, 4))
   args = p.parse_args(argv)
 
-  input_pipeline.hide_gpus_from_tf()
+  platforms.hide_gpus_from_tf()
   kinds = [k for k in args.clips.split(",") if k]
   pipelines = [q for q in args.only.split(",") if q]
   for name in kinds + pipelines:
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
           for layout in layouts:
             data_dir = dirs[(kind, n)][layout]
             cfg = data_config(data_dir, pipeline, args.decode_scale, n)
-            per_video = (input_pipeline.frames_per_clip(cfg) *
+            per_video = (clips.frames_per_clip(cfg) *
                          (1 if pipeline.startswith("train") else cfg.test_num_clips))
             vps, vpc, _ = measure(data_dir, pipeline, t, args.batch_size, args.min_videos,
                                   args.decode_scale, n)

@@ -14,7 +14,7 @@ the median time per step, peak device memory where the backend reports it
 on a shared machine hits all three alike.
 
 Then `--input-steps` ResKD steps are fed the way the trainer feeds them,
-through `input_pipeline.prefetch_to_mesh` (2 batches in flight), from the
+through `transfer.prefetch_to_mesh` (2 batches in flight), from the
 tf.data pipeline over `--data-dir` (converted records, e.g. those written by
 bench/input_pipeline.py) or, without it, from ready host arrays; it reports
 the fraction of step time spent waiting for the next batch.
@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from configs import default  # noqa: E402
-from reskd_jax import augment, input_pipeline, models, optim, train_step  # noqa: E402
+from reskd_jax import augment, models, optim, train_step  # noqa: E402
+from reskd_jax.data import pipeline, transfer  # noqa: E402
 
 
 def _peak_mb():
@@ -165,15 +166,15 @@ def host_batches(args, batch_size, device_batch):
   cfg.data_dir = args.data_dir
   cfg.num_frames = args.frames
   cfg.crop_size = args.crop
-  info = input_pipeline.dataset_info(args.data_dir)
-  ds = input_pipeline.create_dataset(cfg, cfg.train_split, train=True, batch_size=batch_size,
+  info = pipeline.dataset_info(args.data_dir)
+  ds = pipeline.create_dataset(cfg, cfg.train_split, train=True, batch_size=batch_size,
                                      num_classes=info.num_classes)
   return ({"video": b["video"], "label": b["label"]} for b in ds.as_numpy_iterator())
 
 
 def input_wait(step, state, tvars, rng, host, mesh, steps: int):
   """Runs `steps` steps fed by prefetch_to_mesh; prints the share of time spent waiting."""
-  batches = input_pipeline.prefetch_to_mesh(host, mesh, size=2)
+  batches = transfer.prefetch_to_mesh(host, mesh, size=2)
   state, m = step(state, tvars, next(batches), rng)  # warm-up: fills the pipeline
   jax.block_until_ready(m)
   waits, totals = [], []

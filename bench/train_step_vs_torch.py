@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from timing import median_time  # noqa: E402
 
-from reskd_jax import convert  # noqa: E402
 from reskd_jax import train_step as ts  # noqa: E402
 from reskd_jax.augment import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD  # noqa: E402
 from reskd_jax.models import build_model  # noqa: E402
+from reskd_jax.tools import convert_weights  # noqa: E402
 
 
 def torch_step_fn(args, video_u8, labels):
@@ -78,8 +78,8 @@ def torch_step_fn(args, video_u8, labels):
 def jax_step_fn(args, video_u8, labels, student_t, teacher_t):
   student = build_model("resnet50", args.num_classes, input_size=args.student_res)
   teacher = build_model(args.teacher_arch, args.num_classes, dropout_rate=0.0)  # as train.py
-  s_vars, _ = convert.convert_state_dict(student_t.state_dict(), "resnet50")
-  t_vars, _ = convert.convert_state_dict(teacher_t.state_dict(), args.teacher_arch)
+  s_vars, _ = convert_weights.convert_state_dict(student_t.state_dict(), "resnet50")
+  t_vars, _ = convert_weights.convert_state_dict(teacher_t.state_dict(), args.teacher_arch)
   tx = optax.sgd(args.lr, momentum=0.9)
   batch = {"video": jnp.asarray(video_u8), "label": jnp.asarray(labels, jnp.int32)}
   rng = jax.random.PRNGKey(0)

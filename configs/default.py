@@ -75,7 +75,7 @@ def get_model_config(name: str, input_size=None) -> ml_collections.ConfigDict:
   model.dropout_rate = 0.5
   # In-model bilinear resize (no antialias) of the teacher's crop; None: use the crop.
   model.input_size = ml_collections.FieldReference(input_size, field_type=int)
-  # ImageNet initialisation: a directory written by `python -m reskd_jax.convert`.
+  # ImageNet initialisation: a directory written by `python -m reskd_jax.tools.convert_weights`.
   model.init_from = ""
   return model
 
@@ -91,7 +91,7 @@ def get_teacher_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   for key in template.keys():
     if key not in ("init_from", "dropout_rate"):
       teacher[key] = ml_collections.FieldReference(None, field_type=template.get_type(key))
-  # Converted teacher (reskd_jax.convert) or our own teacher run's workdir.
+  # Converted teacher (reskd_jax.tools.convert_weights) or our own teacher run's workdir.
   teacher.checkpoint = checkpoint
   # The authors' teacher runs in train mode (BN batch statistics), without gradients.
   teacher.train_mode_bn = True
@@ -173,7 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile = ml_collections.ConfigDict()
   config.profile.resolutions = (224, 144, 112, 96, 72, 56)
   # 0: fit the platform (accelerators: the paper's batch 64 and 5 timed runs;
-  # CPU: batch 1, 2 runs, float32 only). See reskd_jax/profiling.py.
+  # CPU: batch 1, 2 runs, float32 only). See reskd_jax/tools/profiling.py.
   config.profile.batch_size = 0
   config.profile.timed_runs = 0
   # Compute dtypes to time, e.g. ("float32", "bfloat16"); empty: the platform's (CPU:

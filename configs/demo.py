@@ -12,7 +12,7 @@ guidance is what lets the student generalise (see README, "The demo").
 Sized for a 2-core CPU: a per-frame ResNet with a 3x3/2 stem, one basic
 block per stage, widths 8-64 (~0.3 M parameters).
 
-The ablations in miniature (`python -m reskd_jax.demo --ablations`; the
+The ablations in miniature (`python -m reskd_jax.tools.demo --ablations`; the
 paper's Tables 5 and 6), each a student at 32 px like `reskd` but for:
   --config=configs/demo.py:clip          KD on the clip logits (KL, T = 1)
   --config=configs/demo.py:frame         KD on the per-frame logits (KL, T = 1)

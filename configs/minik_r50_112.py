@@ -2,7 +2,7 @@
 
 The teacher comes from `config.teacher.checkpoint`: our own teacher run
 (`configs/minik_r152_224.py`, workdir runs/minik_resnet152_224 by default) or
-a converted release file (`python -m reskd_jax.convert`).
+a converted release file (`python -m reskd_jax.tools.convert_weights`).
 """
 from configs import default
 

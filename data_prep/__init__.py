@@ -1,4 +1,4 @@
-"""Data preparation for reskd_jax: video data sets -> sharded TFRecords (reskd_jax.records).
+"""Data preparation for reskd_jax: video data sets -> sharded TFRecords (reskd_jax.data.records).
 
   python -m data_prep --help
 

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
-from reskd_jax.records import LAYOUT_FRAMES, LAYOUTS
+from reskd_jax.data.records import LAYOUT_FRAMES, LAYOUTS
 
 from data_prep.annotations import FORMATS
 from data_prep.converter import convert_format

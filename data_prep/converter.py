@@ -8,8 +8,8 @@ import re
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from reskd_jax.data.records import LAYOUT_FRAMES, MANIFEST, frames_path, shard_name
 from reskd_jax.fileio import pid_alive
-from reskd_jax.records import LAYOUT_FRAMES, MANIFEST, frames_path, shard_name
 
 from data_prep import leaks, manifest
 from data_prep.annotations import read_annotations
@@ -180,7 +180,7 @@ def convert(annotations: Annotations, out_dir: str, split: str,
 
 def _add_checks(entry: dict, out_dir: str, split: str, results: Sequence[dict], warn):
   """The shards' checksums (the trainer verifies them at start-up, see
-  reskd_jax.shard_check) and the videos this split shares with the splits already
+  reskd_jax.data.shard_check) and the videos this split shares with the splits already
   written (`leaks`: reported, with their ids)."""
   if all(r.get("sha256") for r in results):
     entry["shard_sha256"] = [r["sha256"] for r in results]

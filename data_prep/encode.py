@@ -1,4 +1,4 @@
-"""One item -> its JPEG frames (written by `shards.write_shard` in a reskd_jax.records layout)."""
+"""One item -> its JPEG frames (written by `shards.write_shard` in a reskd_jax.data.records layout)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from PIL import Image
-from reskd_jax.records import LAYOUT_FRAMES, LAYOUTS, make_sequence_example
+from reskd_jax.data.records import LAYOUT_FRAMES, LAYOUTS, make_sequence_example
 
 from data_prep.image import encode_jpeg
 from data_prep.items import Item, ItemError, PartialItem
@@ -28,7 +28,7 @@ class ConvertOptions:
   # At most this many frames per video (0: all), spread uniformly over the video: the
   # centre frame of each of max_frames equal segments (see `kept_frames`).
   max_frames: int = 0
-  layout: str = LAYOUT_FRAMES  # reskd_jax.records layout written
+  layout: str = LAYOUT_FRAMES  # reskd_jax.data.records layout written
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
@@ -48,11 +48,11 @@ class ConvertOptions:
 
 def resized_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
   """(new_w, new_h) with the short side `short_side`, aspect kept (0: unchanged), by the
-  input pipeline's rule (`reskd_jax.sampling.short_side_size`, mmcv.rescale_size)."""
+  input pipeline's rule (`reskd_jax.data.sampling.short_side_size`, mmcv.rescale_size)."""
   if not short_side:
     return width, height
   # Imported here: it builds TF ops, and TensorFlow is loaded only once frames are encoded.
-  from reskd_jax.sampling import short_side_size
+  from reskd_jax.data.sampling import short_side_size
 
   new_h, new_w = short_side_size(height, width, short_side)
   return int(new_w), int(new_h)

@@ -1,4 +1,4 @@
-"""`<out>/manifest.json` (layout: reskd_jax.records.read_manifest), merged and replaced
+"""`<out>/manifest.json` (layout: reskd_jax.data.records.read_manifest), merged and replaced
 atomically, and the class list a conversion holds on `<out>` while it runs."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import fcntl
 import os
 from typing import Iterator, List, Optional
 
+from reskd_jax.data.records import MANIFEST
 from reskd_jax.fileio import pid_alive, read_json, write_json_atomic
-from reskd_jax.records import MANIFEST
 
 from data_prep.items import ConversionError
 

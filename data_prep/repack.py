@@ -1,6 +1,6 @@
 """`python -m data_prep repack`: a converted data set rewritten in another stored layout.
 
-Data sets converted before the "frames" layout (`reskd_jax.records`) hold every
+Data sets converted before the "frames" layout (`reskd_jax.data.records`) hold every
 frame of a video in its record, so training reads all of them to use a few.
 Repacking copies the JPEGs as they are (nothing is decoded or encoded again)
 into the "frames" layout, shard by shard, keeping the manifest's classes,
@@ -16,7 +16,7 @@ import copy
 import os
 from typing import Callable, Optional, Sequence
 
-from reskd_jax import records
+from reskd_jax.data import records
 from reskd_jax.fileio import write_json_atomic
 
 from data_prep.items import ConversionError

@@ -1,4 +1,4 @@
-"""Sharded, atomic, resumable shard writing (both layouts of `reskd_jax.records`).
+"""Sharded, atomic, resumable shard writing (both layouts of `reskd_jax.data.records`).
 
 Items are assigned to shards deterministically (a fixed-seed permutation, then
 contiguous runs), so a rerun builds the same shards. Each shard is written to
@@ -28,7 +28,7 @@ import numpy as np
 from reskd_jax.fileio import read_json, write_json_atomic
 
 from data_prep import pool
-from reskd_jax.records import LAYOUT_FRAMES, ShardWriter, frames_path
+from reskd_jax.data.records import LAYOUT_FRAMES, ShardWriter, frames_path
 
 from data_prep.encode import ConvertOptions, encode_frames
 from data_prep.items import ConversionError, DiskFull, Item, ItemError

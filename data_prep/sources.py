@@ -1,6 +1,6 @@
 """Finding a video's frames (frame folders or video files) and decoding them.
 
-Decoding is `reskd_jax.video_io`, the reader `reskd_jax.predict` uses too, so
+Decoding is `reskd_jax.data.video_io`, the reader `reskd_jax.tools.predict` uses too, so
 converted data and predictions see the same pixels; here its errors become
 the converter's `ItemError` (skip the item, say why) and `PartialItem` (an
 incomplete video, kept with --allow-partial).
@@ -13,8 +13,8 @@ import os
 from typing import Iterator, List, Optional
 
 from PIL import Image
-from reskd_jax import video_io
-from reskd_jax.video_io import (  # noqa: F401  re-exported for data_prep's modules
+from reskd_jax.data import video_io
+from reskd_jax.data.video_io import (  # noqa: F401  re-exported for data_prep's modules
     VIDEO_EXTENSIONS, FrameOptions)
 
 from data_prep.items import Item, ItemError, PartialItem

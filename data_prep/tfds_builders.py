@@ -11,8 +11,8 @@ SHORT_SIDE, at most MAX_FRAMES of them when set), label (single-label sets) or
 labels (multi-label sets).
 
 These are TFDS data sets for TFDS users: one example per video in TFDS's own
-files. `reskd_jax.input_pipeline` reads what `python -m data_prep` writes
-(the "frames" layout of `reskd_jax.records`, which reads only the sampled
+files. `reskd_jax.data.pipeline` reads what `python -m data_prep` writes
+(the "frames" layout of `reskd_jax.data.records`, which reads only the sampled
 frames of a video), not these.
 
 (The `tfds` command of tensorflow-datasets 4.9.10 needs apache-beam installed even

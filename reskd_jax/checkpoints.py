@@ -1,7 +1,7 @@
 """Checkpoints on disk, both kinds: deployable variables and resumable train states.
 
 *Variables directories* (``save_variables`` / ``load_variables``) hold a
-model's ``{"params", "batch_stats"}``: what ``python -m reskd_jax.convert``
+model's ``{"params", "batch_stats"}``: what ``python -m reskd_jax.tools.convert_weights``
 writes and what the trainer writes for its final and best student
 (``<workdir>/variables``, ``<workdir>/best_variables``)::
 
@@ -161,7 +161,7 @@ def resolve_variables_dir(path: str) -> str:
     return sub
   if os.path.isfile(path) and path.endswith((".pth", ".pt", ".pkl")):
     raise FileNotFoundError(
-        f"{path!r} is a PyTorch file; convert it first: python -m reskd_jax.convert "
+        f"{path!r} is a PyTorch file; convert it first: python -m reskd_jax.tools.convert_weights "
         f"--format=torchvision|mmaction --arch=... --input={path} --output=DIR")
   best = os.path.join(path, "best_variables")
   if os.path.isdir(os.path.join(best, ORBAX_DIR)):
@@ -170,7 +170,7 @@ def resolve_variables_dir(path: str) -> str:
         f"far is {best!r}: pass that path instead")
   raise FileNotFoundError(
       f"{path!r} holds no saved variables: expected {os.path.join(path, ORBAX_DIR)!r} "
-      f"(a directory written by reskd_jax.convert / save_variables) or "
+      f"(a directory written by reskd_jax.tools.convert_weights / save_variables) or "
       f"{os.path.join(sub, ORBAX_DIR)!r} (a training workdir)")
 
 

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import input_pipeline, losses, meta as meta_lib, models, train_step, train_utils
+from reskd_jax import losses, meta as meta_lib, models, train_step, train_utils
+from reskd_jax.data import clips
 from reskd_jax.errors import CheckpointError, ConfigError
 
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
@@ -49,12 +50,12 @@ def check_config(config) -> None:
     if not config.teacher.checkpoint:
       raise ConfigError("config.teacher.checkpoint is empty: ResKD needs a trained teacher "
                         "(a teacher run's workdir or a directory written by "
-                        "`python -m reskd_jax.convert`)")
+                        "`python -m reskd_jax.tools.convert_weights`)")
   if config.eval_metric not in EVAL_METRICS:
     raise ConfigError(f"config.eval_metric={config.eval_metric!r}: expected one of "
                       f"{EVAL_METRICS}")
   blocks = ("model", "teacher") if config.mode == "reskd" else ("model",)
-  frames = input_pipeline.frames_per_clip(config.data)
+  frames = clips.frames_per_clip(config.data)
   for key in blocks:
     name = config[key].name
     if name is None:  # a teacher's architecture may come from its meta.json
@@ -98,7 +99,7 @@ def check_values(config) -> None:
   if config.num_train_steps == -1 and not config.num_epochs > 0:
     raise ConfigError(f"config.num_epochs={config.num_epochs}: must be positive (or set "
                       f"config.num_train_steps)")
-  input_pipeline.check_data_config(config.data)
+  clips.check_data_config(config.data)
   opt = config.optimizer
   if opt.get("name", "sgd") not in ("sgd", "adamw"):
     raise ConfigError(f"config.optimizer.name={opt.name!r}: expected 'sgd' or 'adamw'")
@@ -323,7 +324,7 @@ def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str)
   """
   teacher = config.teacher
   trained = meta.get("resolution")
-  fed = teacher.get("input_size") or input_pipeline.output_size(config.data)
+  fed = teacher.get("input_size") or clips.output_size(config.data)
   if trained and int(trained) != int(fed) and not teacher.get("allow_other_resolution", False):
     raise ConfigError(
         f"the teacher at {where} was trained at {trained} px (its meta.json) but this run feeds "

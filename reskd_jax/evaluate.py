@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from reskd_jax import input_pipeline, models, train_step
+from reskd_jax import models, train_step
+from reskd_jax.data import pipeline, transfer
 from reskd_jax.errors import DataError
 
 
@@ -176,7 +177,7 @@ class Evaluator:
                                      mean=config.data.mean, std=config.data.std, dtype=dtype)
     self._fn = train_step.shard_eval_step(step, mesh)
     self._split = config.data.eval_split
-    self._dataset = input_pipeline.create_dataset(
+    self._dataset = pipeline.create_dataset(
         config.data, self._split, train=False,
         batch_size=config.eval_batch_size // jax.process_count(), num_classes=num_classes)
     self._spec = jax.sharding.PartitionSpec(train_step.AXIS)
@@ -186,7 +187,7 @@ class Evaluator:
     self._max_batches = config.num_eval_steps
 
   def _put(self, batch):
-    return input_pipeline.make_global_batch(batch, self._mesh, self._spec)
+    return transfer.make_global_batch(batch, self._mesh, self._spec)
 
   def __call__(self, variables) -> Dict[str, float]:
     return evaluate(self._fn, variables, self._dataset.as_numpy_iterator(), self._put,

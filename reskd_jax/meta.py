@@ -1,7 +1,7 @@
 """The ``meta.json`` of a variables directory: one schema for every writer and reader.
 
 The trainer (final and best student, ``<workdir>/variables``) and
-``python -m reskd_jax.convert`` write it; the trainer reads it back to fill
+``python -m reskd_jax.tools.convert_weights`` write it; the trainer reads it back to fill
 and check a teacher's architecture. Fields::
 
     arch            model name (a key of ``models.ARCHS``)
@@ -62,7 +62,7 @@ def for_trained_model(config, model_cfg, num_classes: int, num_frames: int,
 def for_converted(arch: str, num_classes: int, tsm: bool, num_segments: Optional[int],
                   source: str, source_format: str,
                   model_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-  """What ``reskd_jax.convert`` records beside converted PyTorch weights.
+  """What ``reskd_jax.tools.convert_weights`` records beside converted PyTorch weights.
 
   ``model_options`` (build options that differ from the architecture's
   defaults, e.g. a small test model's widths) go into the ``model`` block.
@@ -71,7 +71,7 @@ def for_converted(arch: str, num_classes: int, tsm: bool, num_segments: Optional
   model.update({k: _plain(v) for k, v in (model_options or {}).items()})
   return {"arch": arch, "num_classes": int(num_classes), "tsm": bool(tsm),
           "num_segments": num_segments if tsm else None, "model": model, "source": source,
-          "source_format": source_format, "converter": "reskd_jax.convert"}
+          "source_format": source_format, "converter": "reskd_jax.tools.convert_weights"}
 
 
 def model_fields(meta: Mapping[str, Any]) -> Dict[str, Any]:

@@ -53,3 +53,12 @@ def skip_absent_tpu() -> bool:
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_platforms", "cpu")
   return True
+
+
+def hide_gpus_from_tf() -> None:
+  """Keeps TF (tf.data runs on the host) off the accelerators: it would reserve their memory."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):  # already initialised, or no such device type
+    pass

@@ -17,7 +17,6 @@ change together with their ``best.json``.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
@@ -32,12 +31,11 @@ from absl import logging as absl_logging
 from clu import metrics as clu_metrics
 from clu import periodic_actions
 
-from reskd_jax import checkpoints, config_checks, evaluate, flops, input_pipeline, meta as meta_lib
-from reskd_jax import models, optim, runlog, train_step, train_utils, workdir as workdir_lib
-from reskd_jax import shard_check
-from reskd_jax.config_checks import EVAL_METRICS, check_config, check_splits  # noqa: F401
-from reskd_jax.config_checks import check_teacher_alignment  # noqa: F401
-from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError  # noqa: F401  (re-exported)
+from reskd_jax import checkpoints, config_checks, evaluate, gflops, meta as meta_lib, models, optim
+from reskd_jax import runlog, train_step, train_utils, workdir as workdir_lib
+from reskd_jax.config_checks import EVAL_METRICS
+from reskd_jax.data import clips, pipeline, shard_check, transfer
+from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from reskd_jax.fileio import read_json, write_json_atomic
 
 # Older names of the workdir's files (see reskd_jax.workdir).
@@ -73,17 +71,17 @@ def _to_host(tree):
 
 def student_resolution(config) -> int:
   """The pixels the student sees: its in-model resize, else the (possibly reduced) crop."""
-  return config.model.input_size or input_pipeline.output_size(config.data)
+  return config.model.input_size or clips.output_size(config.data)
 
 
 def _model_metadata(config, num_classes, class_names=()) -> Dict[str, Any]:
   return meta_lib.for_trained_model(config, config.model, num_classes,
-                                    input_pipeline.frames_per_clip(config.data),
+                                    clips.frames_per_clip(config.data),
                                     student_resolution(config), class_names)
 
 
 def _gflops(config, model, variables) -> float:
-  return flops.video_gflops(model, variables, config.data.num_frames,
+  return gflops.video_gflops(model, variables, config.data.num_frames,
                             student_resolution(config), with_xla=False)["gflops"]
 
 
@@ -164,7 +162,7 @@ def dataset_info(config):
   """The data set's manifest summary; a missing one names the converter of this config."""
   data_dir = config.data.data_dir
   try:
-    return input_pipeline.dataset_info(data_dir)
+    return pipeline.dataset_info(data_dir)
   except FileNotFoundError:
     if os.path.isfile(os.path.join(data_dir, "manifest.json")):
       raise
@@ -301,7 +299,7 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   mesh = train_step.make_mesh()
   dtype = config_checks.compute_dtype(config.dtype)
   bn_axis = train_step.AXIS if config.sync_bn else None
-  num_frames = input_pipeline.frames_per_clip(config.data)
+  num_frames = clips.frames_per_clip(config.data)
   student = build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
@@ -356,10 +354,10 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
       flip=config.data.flip, dtype=dtype), mesh)
 
   per_host = config.batch_size // jax.process_count()
-  train_ds = input_pipeline.create_dataset(
+  train_ds = pipeline.create_dataset(
       config.data, config.data.train_split, train=True, batch_size=per_host,
       num_classes=num_classes, seed=config.seed, start_step=start_step)
-  batches = input_pipeline.prefetch_to_mesh(train_ds, mesh)
+  batches = transfer.prefetch_to_mesh(train_ds, mesh)
 
   evaluator = evaluate.Evaluator(config, student, mesh, num_classes, info, dtype)
   # TensorBoard points are written when the checkpoint covering them is saved.
@@ -622,7 +620,7 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   model = build_from_config(config.model, num_classes, dtype=dtype)
   source = checkpoints.resolve_variables_dir(workdir)
   variables = checkpoints.load_variables(source)
-  config_checks.check_variables_fit(model, variables, input_pipeline.frames_per_clip(config.data),
+  config_checks.check_variables_fit(model, variables, clips.frames_per_clip(config.data),
                                     config.data.crop_size, source,
                                     f"config.model ({config.model.name}, {num_classes} classes)")
   mesh = train_step.make_mesh()
@@ -631,7 +629,7 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   metrics.update({"run": "eval", "mode": config.mode, "model": config.model.name,
                   "variables": os.path.abspath(source), "split": config.data.eval_split,
                   "resolution": student_resolution(config),
-                  "num_frames": input_pipeline.frames_per_clip(config.data),
+                  "num_frames": clips.frames_per_clip(config.data),
                   "gflops_per_video": _gflops(config, model, variables)})
   out = os.path.join(workdir, workdir_lib.EVAL_RESULTS)
   _save_json(out, metrics)

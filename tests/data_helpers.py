@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from reskd_jax import records
-from reskd_jax.records import read_manifest
+from reskd_jax.data import records
+from reskd_jax.data.records import read_manifest
 
 CODECS = {".mp4": ("libx264", "yuv444p", {"qp": "0"}),
           ".mkv": ("libx264", "yuv444p", {"qp": "0"}),
@@ -66,7 +66,7 @@ def put_frames(folder: str, frames: np.ndarray, quality: int = 95) -> np.ndarray
 
 def read_records(data_dir: str, split: str) -> Tuple[dict, Dict[str, Tuple[Tuple[int, ...], np.ndarray]]]:
   """(manifest, video_id -> (labels, frames (T,H,W,3) uint8)), through
-  reskd_jax.records.iter_videos (either layout, every frame's CRC-32 checked).
+  reskd_jax.data.records.iter_videos (either layout, every frame's CRC-32 checked).
   Checks the shapes and the count."""
   manifest = read_manifest(str(data_dir))
   layout = records.split_layout(manifest["splits"][split])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from reskd_jax import checkpoints, convert
+from reskd_jax import checkpoints
+from reskd_jax.tools import convert_weights
 from tests.torch_models import resnet as torch_resnet
 from reskd_jax.models import build_model
 
@@ -49,7 +50,7 @@ def _assert_close(ours, ref, what):
 @pytest.mark.parametrize("depth,resolution", [(18, 112), (18, 224), (50, 112), (50, 224)])
 def test_torchvision_resnet_matches_torch(depth, resolution):
   tmodel = _torch_model(depth)
-  variables, info = convert.convert_state_dict(tmodel.state_dict(), f"resnet{depth}")
+  variables, info = convert_weights.convert_state_dict(tmodel.state_dict(), f"resnet{depth}")
   assert info["num_classes"] == NUM_CLASSES
   assert info["ignored"] and all(k.endswith("num_batches_tracked") for k in info["ignored"])
   # BN statistics really are random (not the 0/1 defaults), so a mix-up would show.
@@ -96,7 +97,7 @@ def test_mmaction_tsm_resnet50_matches_torch(tmp_path):
   path = tmp_path / "tsm_r50.pth"
   torch.save(mm, path)
   out = tmp_path / "tsm_r50"
-  meta = convert.convert_file(str(path), str(out), "resnet50", fmt="mmaction", tsm=True,
+  meta = convert_weights.convert_file(str(path), str(out), "resnet50", fmt="mmaction", tsm=True,
                               num_segments=8)
   assert meta["num_classes"] == NUM_CLASSES and meta["tsm"] is True
   variables = checkpoints.load_variables(str(out))
@@ -119,8 +120,8 @@ def test_mmaction_tsn_without_net_wrapper_and_conversion_is_exact():
   tmodel = _torch_model(18)
   sd = tmodel.state_dict()
   mm = {"state_dict": _mmaction_state_dict(sd, tsm=False)}
-  v_mm, _ = convert.convert_state_dict(mm, "resnet18", fmt="mmaction")
-  v_tv, _ = convert.convert_state_dict(sd, "resnet18", fmt="torchvision")
+  v_mm, _ = convert_weights.convert_state_dict(mm, "resnet18", fmt="mmaction")
+  v_tv, _ = convert_weights.convert_state_dict(sd, "resnet18", fmt="torchvision")
   jax.tree_util.tree_map(np.testing.assert_array_equal, v_mm, v_tv)
   p = v_tv["params"]
   np.testing.assert_array_equal(p["backbone"]["conv1"]["kernel"],
@@ -151,8 +152,8 @@ def test_missing_and_unexpected_keys_are_listed():
   sd = dict(_tiny_state(18))
   del sd["layer1.0.bn1.running_var"]
   sd["layer1.0.extra.weight"] = torch.zeros(3)
-  with pytest.raises(convert.WeightsError) as e:
-    convert.convert_state_dict(sd, "resnet18")
+  with pytest.raises(convert_weights.WeightsError) as e:
+    convert_weights.convert_state_dict(sd, "resnet18")
   msg = str(e.value)
   assert "missing keys (1): layer1.0.bn1.running_var" in msg
   assert "unexpected keys (1): layer1.0.extra.weight" in msg
@@ -160,14 +161,14 @@ def test_missing_and_unexpected_keys_are_listed():
 
 def test_shape_mismatch_is_listed():
   sd = _tiny_state(18)  # width 8: every conv is the wrong size for a real resnet18
-  with pytest.raises(convert.WeightsError) as e:
-    convert.convert_state_dict(sd, "resnet18")
+  with pytest.raises(convert_weights.WeightsError) as e:
+    convert_weights.convert_state_dict(sd, "resnet18")
   assert "shape mismatch" in str(e.value)
   assert "conv1.weight: checkpoint (8, 3, 7, 7), expected (64, 3, 7, 7)" in str(e.value)
   tmodel = _torch_model(18)
-  with pytest.raises(convert.WeightsError, match=r"fc.weight: checkpoint \(5, 512\), "
+  with pytest.raises(convert_weights.WeightsError, match=r"fc.weight: checkpoint \(5, 512\), "
                      r"expected \(7, 512\)"):
-    convert.convert_state_dict(tmodel.state_dict(), "resnet18", num_classes=7)
+    convert_weights.convert_state_dict(tmodel.state_dict(), "resnet18", num_classes=7)
 
 
 @pytest.mark.parametrize("have,want,needle", [
@@ -177,8 +178,8 @@ def test_shape_mismatch_is_listed():
     (18, 50, "it is a resnet18, not a resnet50"),
 ])
 def test_wrong_depth_is_refused_by_name(have, want, needle):
-  with pytest.raises(convert.WeightsError) as e:
-    convert.convert_state_dict(_tiny_state(have), f"resnet{want}")
+  with pytest.raises(convert_weights.WeightsError) as e:
+    convert_weights.convert_state_dict(_tiny_state(have), f"resnet{want}")
   assert needle in str(e.value)
 
 
@@ -234,19 +235,19 @@ def test_cli_bad_file_exits_cleanly(tmp_path, capsys):
   bad.write_bytes(b"this is not a checkpoint")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "reskd_jax.convert", "--format=torchvision", "--arch=resnet50",
+      [sys.executable, "-m", "reskd_jax.tools.convert_weights", "--format=torchvision", "--arch=resnet50",
        f"--input={bad}", f"--output={tmp_path / 'out'}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr
   assert "Traceback" not in proc.stderr
   assert "could not read" in proc.stderr and "bad.pth" in proc.stderr
   # In-process: a missing file, and a wrong depth through a real file.
-  assert convert.main(["--format=torchvision", "--arch=resnet50",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet50",
                        f"--input={tmp_path / 'missing.pth'}", f"--output={tmp_path / 'o'}"]) == 2
   assert "missing.pth" in capsys.readouterr().err
   path = tmp_path / "r18.pth"
   torch.save(_tiny_state(18), path)
-  assert convert.main(["--format=torchvision", "--arch=resnet50", f"--input={path}",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet50", f"--input={path}",
                        f"--output={tmp_path / 'o'}"]) == 2
   assert "it is a resnet18, not a resnet50" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "o")
@@ -259,10 +260,10 @@ def test_cli_converts_torchvision_file(tmp_path, capsys):
   state["teacher.conv.weight"] = torch.zeros(2, 3, 1, 1)  # an extra module saved beside it
   torch.save({"state_dict": state}, path)
   out = tmp_path / "r18"
-  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
                        f"--output={out}"]) == 2
   assert "unexpected keys (1): teacher.conv.weight" in capsys.readouterr().err
-  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
                        f"--output={out}", "--ignore=teacher."]) == 0
   meta = json.loads((out / "meta.json").read_text())
   assert meta["arch"] == "resnet18" and meta["num_classes"] == NUM_CLASSES
@@ -273,13 +274,13 @@ def test_cli_converts_torchvision_file(tmp_path, capsys):
   # of another length than the classifier's is refused.
   names = tmp_path / "classes.txt"
   names.write_text("".join(f"class {k}\n" for k in range(NUM_CLASSES)))
-  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
                        f"--output={out}", "--ignore=teacher.", f"--classes={names}"]) == 0
   meta = json.loads((out / "meta.json").read_text())
   assert meta["class_names"] == [f"class {k}" for k in range(NUM_CLASSES)]
   names.write_text("only one\n")
   capsys.readouterr()
-  assert convert.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
+  assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
                        f"--output={tmp_path / 'r18b'}", "--ignore=teacher.",
                        f"--classes={names}"]) == 2
   assert f"1 class names for a checkpoint with {NUM_CLASSES} classes" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from PIL import Image
 from data_prep import ConvertOptions, convert_format
 from data_prep.cli import main as cli_main
 from data_prep.encode import kept_frames
-from reskd_jax.records import (LAYOUT_FRAMES, LAYOUT_SEQUENCE, frames_path, iter_videos,
+from reskd_jax.data.records import (LAYOUT_FRAMES, LAYOUT_SEQUENCE, frames_path, iter_videos,
                                split_layout)
 from data_prep.labels import load_classes
 from data_helpers import make_frames, put_frames, put_video, read_records

@@ -20,7 +20,7 @@ from data_helpers import make_frames, put_frames, put_video, read_records
 from data_prep import manifest as manifest_lib
 from data_prep.cli import main as cli_main
 from configs import default
-from reskd_jax import input_pipeline, shard_check
+from reskd_jax.data import pipeline, shard_check
 from reskd_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +213,7 @@ def test_reader_names_the_damaged_shard(tmp_path, capsys):
   cfg.update(data_dir=str(out), num_frames=2, short_side=32, crop_size=16)
   for train in (True, False):  # the input pipeline checks before reading
     with pytest.raises(DataError, match=f"damaged shard {cut} .*data_prep wrote"):
-      input_pipeline.create_dataset(cfg, "train", train=train, batch_size=2, num_classes=1,
+      pipeline.create_dataset(cfg, "train", train=train, batch_size=2, num_classes=1,
                                     process_index=0, process_count=1)
   # while reading: tf.data's DataLossError becomes one line naming the shard
   cut.write_bytes(cut.read_bytes()[:-5])

@@ -23,7 +23,7 @@ from PIL import Image
 
 from data_helpers import make_frames, put_frames, put_video, read_records
 from data_prep.cli import main as cli_main
-from reskd_jax import shard_check
+from reskd_jax.data import shard_check
 from reskd_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

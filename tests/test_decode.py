@@ -14,8 +14,7 @@ import pytest
 import tensorflow as tf
 
 from configs import default
-from reskd_jax import input_pipeline as ip
-from reskd_jax import records
+from reskd_jax.data import decode, pipeline as ip, records
 
 NUM_CLASSES = 3
 
@@ -49,7 +48,7 @@ def test_crop_window_equals_full_decode_then_crop(hw, ratio):
     boxes.append((bx, by, int(rng.integers(1, w - bx + 1)), int(rng.integers(1, h - by + 1))))
   for box in boxes:
     # Short side equal to the stored one: the crop-window path.
-    crop, = ip._decode_crops(strings, ratio=ratio, short_side=min(h, w),
+    crop, = decode._decode_crops(strings, ratio=ratio, short_side=min(h, w),
                              boxes_fn=lambda *_: [tuple(tf.constant(v) for v in box)])
     np.testing.assert_array_equal(crop.numpy(), _full_then_crop(strings, ratio, box),
                                   err_msg=f"box {box}, ratio {ratio}")
@@ -95,14 +94,14 @@ def _batches(cfg, train, num_batches=2):
 
 
 def _decode_whole_then_crop(string, ratio, window=None):
-  """`ip._decode` as it was: the whole frame decoded, the window cut out afterwards."""
+  """`decode._decode` as it was: the whole frame decoded, the window cut out afterwards."""
   image = tf.io.decode_jpeg(string, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
   if window is None:
     return image
   return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
 
-@pytest.mark.parametrize("max_unrolled", [ip._MAX_UNROLLED, 0])  # 0: frames in a tf.map_fn
+@pytest.mark.parametrize("max_unrolled", [decode._MAX_UNROLLED, 0])  # 0: frames in a tf.map_fn
 @pytest.mark.parametrize("train,overrides", [
     (True, {}),
     (True, {"multiscale_crop": False}),
@@ -136,7 +135,7 @@ def test_resize_equals_uint8_kernel():
   images = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 21, 30, 3), np.uint8))
   expected = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
       images, [32, 17], method="bilinear", antialias=False)), 0, 255), tf.uint8)
-  np.testing.assert_array_equal(ip._resize(images, 32, 17).numpy(), expected.numpy())
+  np.testing.assert_array_equal(decode._resize(images, 32, 17).numpy(), expected.numpy())
 
 
 @pytest.mark.parametrize("train", [True, False])

@@ -1,4 +1,4 @@
-"""Tests of reskd_jax.input_pipeline / reskd_jax.sampling.
+"""Tests of reskd_jax.data.pipeline / reskd_jax.data.sampling.
 
 The index and crop rules are compared with NumPy transcriptions of mmaction2
 0.x (SampleFrames, MultiScaleCrop, ThreeCrop, Resize), written here
@@ -21,9 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import default
 from reskd_jax import augment
-from reskd_jax import input_pipeline as ip
-from reskd_jax import records
-from reskd_jax import sampling
+from reskd_jax.data import pipeline as ip, records, sampling, transfer
 from reskd_jax.errors import DataError
 
 NUM_CLASSES = 12
@@ -557,7 +555,7 @@ def test_prefetch_to_mesh_shards_over_data_axis(data_dir):
   mesh = jax.make_mesh((8,), ("data",))
   local = [{"video": np.arange(16 * 6, dtype=np.uint8).reshape(16, 2, 3) + i,
             "label": np.arange(16, dtype=np.int32) + i} for i in range(3)]
-  out = list(ip.prefetch_to_mesh(iter(local), mesh, size=2))
+  out = list(transfer.prefetch_to_mesh(iter(local), mesh, size=2))
   assert len(out) == 3
   expected_sharding = NamedSharding(mesh, PartitionSpec("data"))
   for got, want in zip(out, local):
@@ -568,7 +566,7 @@ def test_prefetch_to_mesh_shards_over_data_axis(data_dir):
       np.testing.assert_array_equal(got[key], want[key])
   # Straight from a tf.data pipeline.
   ds = _eval(data_dir, batch_size=8)
-  batches = list(ip.prefetch_to_mesh(ds, mesh))
+  batches = list(transfer.prefetch_to_mesh(ds, mesh))
   assert len(batches) == 2
   assert batches[0]["video"].shape == (8, 1, 4, 16, 16, 3)
   assert batches[0]["video"].sharding.is_equivalent_to(expected_sharding, 6)

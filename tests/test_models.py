@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reskd_jax import flops, models
+from reskd_jax import gflops, models
+from reskd_jax.tools import flops
 
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1))
 
@@ -206,9 +207,9 @@ def test_mac_counter_on_a_known_conv():
     return jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)],
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   jaxpr = jax.make_jaxpr(f)(jnp.zeros((1, 10, 10, 4)), jnp.zeros((3, 3, 4, 8)))
-  assert flops.count_macs(jaxpr) == 10 * 10 * 8 * 3 * 3 * 4
+  assert gflops.count_macs(jaxpr) == 10 * 10 * 8 * 3 * 3 * 4
   jaxpr = jax.make_jaxpr(jnp.dot)(jnp.zeros((5, 6)), jnp.zeros((6, 7)))
-  assert flops.count_macs(jaxpr) == 5 * 6 * 7
+  assert gflops.count_macs(jaxpr) == 5 * 6 * 7
 
 
 def test_gflops_rejects_too_small_resolution():

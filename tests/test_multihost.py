@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 
 from configs import minik_r50_112
-from reskd_jax import checkpoints, errors, evaluate, input_pipeline, models, train
-from reskd_jax import train_step
+from reskd_jax import checkpoints, errors, evaluate, models, train, train_step
+from reskd_jax.data import pipeline
 from data_helpers import write_tiny_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +146,7 @@ def test_two_processes_train_evaluate_save(setup, straight):
   config.data.eval_split = "val"
   config.data.test_num_clips = 2
   config.num_classes = NUM_CLASSES
-  info = input_pipeline.dataset_info(setup["data"])
+  info = pipeline.dataset_info(setup["data"])
   model = train.build_from_config(config.model, NUM_CLASSES)
   mesh = train_step.make_mesh()
   metrics = evaluate.Evaluator(config, model, mesh, NUM_CLASSES, info)(

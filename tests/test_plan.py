@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from reskd_jax import chips, errors, meta as meta_lib
+from reskd_jax import errors, meta as meta_lib
 from reskd_jax.fileio import write_json_atomic
+from reskd_jax.tools import chips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/activitynet_r50_112.py:tiny"
@@ -111,7 +112,7 @@ def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
   """Under a small memory figure, the predicted batch fits and the next one up does not."""
   import jax
   from configs import activitynet_r50_112
-  from reskd_jax import plan
+  from reskd_jax.tools import plan
 
   _, result, _ = plans
   first = next(p for p in result["plans"] if p["topology"] == "v5e:2x2")["train"]
@@ -170,7 +171,7 @@ def test_bad_topology_and_batch_are_one_line(tmp_path):
 
 
 def test_collectives_are_parsed_from_hlo_text():
-  from reskd_jax import plan
+  from reskd_jax.tools import plan
   hlo = "\n".join([
       "  %all-reduce.1 = (f32[64]{0}, bf16[3,3,8]{2,1,0}) all-reduce(%a, %b), channel_id=1",
       "  %ar = f32[]{:T(128)} all-reduce(%c), to_apply=%add",
@@ -187,7 +188,7 @@ def test_collectives_are_parsed_from_hlo_text():
 
 
 def test_roofline_is_the_slower_of_compute_and_memory():
-  from reskd_jax import plan
+  from reskd_jax.tools import plan
   chip = chips.CHIPS["v5e"]
   r = plan.roofline(2 * chip.peak_bf16_flops, chip.hbm_bytes_per_s, chip, 8, 4)
   assert r["step_s_lower_bound"] == pytest.approx(2.0) and r["bound_by"] == "compute"

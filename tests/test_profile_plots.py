@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from reskd_jax import plots, profiling, sweep, visualize
 from reskd_jax.models import build_model
+from reskd_jax.tools import erf, plots, profiling, tradeoff_figure, visualize
 
 TINY = dict(width=8, stage_sizes=(1, 1, 1, 1))
 
@@ -100,17 +100,17 @@ def test_tradeoff_plot_and_sweep(tmp_path, capsys):
           run("c", "baseline", 10.0, 0.60)]
   teacher_dir = run("t", "teacher", 80.0, 0.85)
   out_png = tmp_path / "sweep" / "trade_off.png"
-  assert sweep.main([f"--workdirs={','.join(dirs)}", f"--out={out_png}",
+  assert tradeoff_figure.main([f"--workdirs={','.join(dirs)}", f"--out={out_png}",
                      f"--teacher={teacher_dir}"]) == 0
   _check_png(str(out_png), 640, 480)
   summary = json.loads((tmp_path / "sweep" / "trade_off.json").read_text())
   assert len(summary["reskd"]) == 2 and len(summary["baseline"]) == 1
   assert plots.choose_metric(summary["reskd"]) == "mAP"
-  assert sweep.main([f"--workdirs={tmp_path / 'missing'}", f"--out={out_png}"]) == 2
+  assert tradeoff_figure.main([f"--workdirs={tmp_path / 'missing'}", f"--out={out_png}"]) == 2
   # Significant digits, not fixed decimals: a tiny model's GFLOPs and a 1/6 accuracy.
   capsys.readouterr()
   tiny = run("tiny", "reskd", 0.00123, 1 / 6)
-  assert sweep.main([f"--workdirs={tiny}", f"--out={tmp_path / 'tiny.png'}"]) == 0
+  assert tradeoff_figure.main([f"--workdirs={tiny}", f"--out={tmp_path / 'tiny.png'}"]) == 0
   printed = capsys.readouterr().out
   assert "0.00123 GFLOPs mAP=0.1667" in printed, printed
 
@@ -119,17 +119,17 @@ def test_erf_and_attention_figures(tmp_path):
   model = _tiny_model()
   base_vars, kd_vars = _variables(model, 0), _variables(model, 1)
   videos = _videos()
-  erf, pos = visualize.effective_receptive_field(model, base_vars, videos)
+  field, pos = erf.effective_receptive_field(model, base_vars, videos)
   assert pos == (2, 2)  # 4x4 map: no centre, the pixel below-right of it
-  assert erf.shape == (32, 32) and erf.max() == pytest.approx(1.0) and erf.min() >= 0
+  assert field.shape == (32, 32) and field.max() == pytest.approx(1.0) and field.min() >= 0
   # The unit at (2, 2) of stride 8 sees pixels around (20, 20) most.
   ys, xs = np.mgrid[:32, :32]
-  cy, cx = (erf * ys).sum() / erf.sum(), (erf * xs).sum() / erf.sum()
+  cy, cx = (field * ys).sum() / field.sum(), (field * xs).sum() / field.sum()
   assert cy > 15.5 and cx > 15.5
   with pytest.raises(ValueError, match="outside the 4x4 feature map"):
-    visualize.effective_receptive_field(model, base_vars, videos, position=(4, 0))
+    erf.effective_receptive_field(model, base_vars, videos, position=(4, 0))
 
-  att = visualize.activation_attention(model, base_vars, videos)
+  att = erf.activation_attention(model, base_vars, videos)
   assert att.shape == (2, 2, 32, 32) and att.min() >= 0 and att.max() <= 1 + 1e-6
 
   paths = visualize.figure4({"Baseline": (model, base_vars), "ResKD": (model, kd_vars)},

@@ -1,11 +1,11 @@
-"""Tests of reskd_jax.profiling's platform defaults and table formatting."""
+"""Tests of reskd_jax.tools.profiling's platform defaults and table formatting."""
 
 import json
 
 import pytest
 
 from configs import default as default_config
-from reskd_jax import profiling
+from reskd_jax.tools import profiling
 
 
 def test_format_gflops_keeps_significant_digits():

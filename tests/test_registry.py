@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from configs import default
-from reskd_jax import convert, errors, flops, models, train
+from reskd_jax import errors, models, train
+from reskd_jax.tools import convert_weights, flops
 from tests.torch_models import resnet as torch_resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,12 +18,12 @@ def test_names_are_defined_once_and_everyone_agrees():
   assert set(models.names()) == set(models.ARCHS)
   assert "slowonly_r50" in models.names("slowonly")
   # The converter's 2D layouts, its --arch choices and families come from the registry.
-  assert set(convert.ARCH_LAYOUT) == set(models.names("resnet"))
-  for name, (block, sizes) in convert.ARCH_LAYOUT.items():
+  assert set(convert_weights.ARCH_LAYOUT) == set(models.names("resnet"))
+  for name, (block, sizes) in convert_weights.ARCH_LAYOUT.items():
     assert models.default_options(name) == {"block": block, "stage_sizes": sizes}
-  arch_action = next(a for a in convert._parser()._actions if a.dest == "arch")
+  arch_action = next(a for a in convert_weights._parser()._actions if a.dest == "arch")
   assert tuple(arch_action.choices) == models.names()
-  assert set(convert.FAMILY_WEIGHTS) <= set(models.FAMILIES)
+  assert set(convert_weights.FAMILY_WEIGHTS) <= set(models.FAMILIES)
   # The trainer builds through the registry; the PyTorch reference takes its depths from it.
   assert train.build_from_config is models.build_from_config
   assert {f"resnet{d}" for d in torch_resnet.ARCHS} == set(models.names("resnet"))
@@ -68,8 +69,8 @@ def test_build_from_config_takes_the_family_keys():
 
 
 def test_runtime_imports_no_torch():
-  code = ("import sys; import reskd_jax.models, reskd_jax.convert, reskd_jax.train, "
-          "reskd_jax.flops; assert 'torch' not in sys.modules, 'torch imported'")
+  code = ("import sys; import reskd_jax.models, reskd_jax.tools.convert_weights, reskd_jax.train, "
+          "reskd_jax.tools.flops; assert 'torch' not in sys.modules, 'torch imported'")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=120)

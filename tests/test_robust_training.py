@@ -23,8 +23,8 @@ import pytest
 import tensorflow as tf
 
 from configs import minik_r50_112, minik_r152_224
-from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, models
-from reskd_jax import train, train_step, workdir as workdir_lib
+from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, models, train
+from reskd_jax import train_step, workdir as workdir_lib
 from test_main import NUM_CLASSES, ROOT, _env, _write_data
 
 FRAMES = 4

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reskd_jax import checkpoints, convert, flops, models
+from reskd_jax import checkpoints, models
+from reskd_jax.tools import convert_weights, flops
 from tests.torch_models import resnet as torch_resnet
 from tests.torch_models import slowonly as torch_slowonly
 
@@ -73,7 +74,7 @@ def reference():
   calib = torch.randn(2, 3, 8, 64, 64)
   torch_slowonly.randomize_(tmodel, seed=0, calibrate_with=calib)
   state = torch_slowonly.mmaction_state_dict(tmodel)
-  variables, info = convert.convert_state_dict({"state_dict": state}, "slowonly_r50",
+  variables, info = convert_weights.convert_state_dict({"state_dict": state}, "slowonly_r50",
                                                fmt="mmaction")
   assert info["num_classes"] == NUM_CLASSES
   return tmodel, state, variables
@@ -117,14 +118,14 @@ def test_mmaction_checkpoint_file_round_trip(reference, tmp_path, capsys):
   path = tmp_path / "slowonly_r50_8x8x1_k400.pth"
   torch.save({"meta": {"epoch": 256, "note": "mmaction2"}, "state_dict": state}, path)
   out = tmp_path / "slowonly"
-  assert convert.main(["--format=mmaction", "--arch=slowonly_r50", f"--input={path}",
+  assert convert_weights.main(["--format=mmaction", "--arch=slowonly_r50", f"--input={path}",
                        f"--output={out}"]) == 0
   assert "slowonly_r50, 400 classes" in capsys.readouterr().out
   loaded = checkpoints.load_variables(str(out))
   assert checkpoints.load_metadata(str(out))["arch"] == "slowonly_r50"
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), variables, loaded)
   # The same file for a 2D ResNet: one line naming what it is.
-  assert convert.main(["--format=mmaction", "--arch=resnet50", f"--input={path}",
+  assert convert_weights.main(["--format=mmaction", "--arch=resnet50", f"--input={path}",
                        f"--output={tmp_path / 'o'}"]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1
@@ -138,14 +139,14 @@ def test_missing_and_unexpected_keys_are_listed(reference):
   sd = dict(state)
   del sd["backbone.layer3.0.conv1.bn.running_var"]
   sd["backbone.layer3.0.extra.weight"] = torch.zeros(3)
-  with pytest.raises(convert.WeightsError) as e:
-    convert.convert_state_dict({"state_dict": sd}, "slowonly_r50", fmt="mmaction")
+  with pytest.raises(convert_weights.WeightsError) as e:
+    convert_weights.convert_state_dict({"state_dict": sd}, "slowonly_r50", fmt="mmaction")
   msg = str(e.value)
   assert "missing keys (1): backbone.layer3.0.conv1.bn.running_var" in msg
   assert "unexpected keys (1): backbone.layer3.0.extra.weight" in msg
-  with pytest.raises(convert.WeightsError, match=r"cls_head.fc_cls.weight: checkpoint "
+  with pytest.raises(convert_weights.WeightsError, match=r"cls_head.fc_cls.weight: checkpoint "
                      r"\(400, 2048\), expected \(7, 2048\)"):
-    convert.convert_state_dict({"state_dict": state}, "slowonly_r50", fmt="mmaction",
+    convert_weights.convert_state_dict({"state_dict": state}, "slowonly_r50", fmt="mmaction",
                                num_classes=7)
 
 
@@ -163,14 +164,14 @@ def test_other_families_and_depths_are_refused_in_one_line():
        "1 blocks in layer3, 1 blocks in layer4: it is not a slowonly_r50"),
   ]
   for sd, needle in cases:
-    with pytest.raises(convert.WeightsError) as e:
-      convert.convert_state_dict(sd, "slowonly_r50", fmt="mmaction")
+    with pytest.raises(convert_weights.WeightsError) as e:
+      convert_weights.convert_state_dict(sd, "slowonly_r50", fmt="mmaction")
     assert needle in str(e.value)
     assert len(str(e.value).splitlines()) == 1
-  with pytest.raises(convert.WeightsError, match=r"a 2D ResNet inflated into slowonly_r50 "
+  with pytest.raises(convert_weights.WeightsError, match=r"a 2D ResNet inflated into slowonly_r50 "
                      r"must be a bottleneck ResNet with blocks \(3, 4, 6, 3\); the checkpoint "
                      r"is resnet18"):
-    convert.convert_state_dict(torch_resnet.resnet(18, 5, width=8).state_dict(), "slowonly_r50",
+    convert_weights.convert_state_dict(torch_resnet.resnet(18, 5, width=8).state_dict(), "slowonly_r50",
                                fmt="torchvision")
 
 
@@ -178,7 +179,7 @@ def test_torchvision_resnet50_is_inflated_as_mmaction2():
   # mmaction2 inflate_weights: 2D kernel repeated over t and divided by t; BN copied.
   torch.manual_seed(0)
   state = torch_resnet.resnet(50, 1000).state_dict()
-  variables, info = convert.convert_state_dict(state, "slowonly_r50", fmt="torchvision")
+  variables, info = convert_weights.convert_state_dict(state, "slowonly_r50", fmt="torchvision")
   assert info["num_classes"] == 1000
   params, stats = variables["params"], variables["batch_stats"]
   w2d = state["layer3.0.conv1.weight"].numpy()  # (O, I, 1, 1) -> (3, 1, 1, I, O) / 3

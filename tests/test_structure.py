@@ -234,7 +234,7 @@ def test_markdown_links_resolve_inside_the_repository():
 def _layout_paths():
   """Paths in the first column of README's "## Layout" table, in order.
 
-  A bare name in a cell (`sampling.py` after `reskd_jax/input_pipeline.py`)
+  A bare name in a cell (`sampling.py` after `reskd_jax/data/pipeline.py`)
   lives in the folder of the path before it.
   """
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
@@ -266,3 +266,98 @@ def test_layout_table_matches_the_tree():
               if not m.endswith("/__init__.py") and m not in paths
               and not any(m.startswith(folder) for folder in folders)]
   assert not unlisted, f"modules missing from README's Layout table: {unlisted}"
+
+
+# ----------------------------------------------------------------------------
+# The package's layout: core, data, models, tools.
+
+
+def _reskd_imports(path: str):
+  return sorted({n for n in _imported_modules(path) if n.split(".")[0] in ("reskd_jax", "configs")})
+
+
+def _layer(module: str) -> str:
+  parts = module.split(".")
+  if parts[0] == "configs":
+    return "configs"
+  if len(parts) > 1 and parts[1] in ("data", "models", "tools"):
+    return parts[1]
+  return "core"
+
+
+# What each layer may import from the repository: the core the data path and the models,
+# never a tool; tools import anything of the package; nothing imports configs/.
+_ALLOWED = {
+    "models": {"models", "errors"},
+    "data": {"data", "errors", "fileio", "platforms"},
+    "core": {"core", "data", "models"},
+    "tools": {"core", "data", "models", "tools"},
+}
+
+
+def test_layers_import_only_what_they_may():
+  problems = []
+  for path in _modules("reskd_jax"):
+    if path == "reskd_jax/__init__.py":
+      continue
+    layer = _layer(_module_name(path))
+    for name in _reskd_imports(path):
+      if name in ("reskd_jax", "reskd_jax.data", "reskd_jax.models", "reskd_jax.tools"):
+        continue
+      target = _layer(name)
+      if target == "configs":
+        problems.append(f"{path} imports {name}: the package never imports configs/")
+      elif layer in ("models", "data") and target == "core":
+        if name.split(".")[1] not in _ALLOWED[layer]:
+          problems.append(f"{path} ({layer}) imports {name}")
+      elif target not in _ALLOWED[layer]:
+        problems.append(f"{path} ({layer}) imports {name} ({target})")
+  assert not problems, "\n".join(problems)
+
+
+def test_layer_rules_catch_a_core_module_importing_a_tool(tmp_path, monkeypatch):
+  pkg = tmp_path / "reskd_jax"
+  (pkg / "tools").mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "tools" / "__init__.py").write_text("")
+  (pkg / "tools" / "predict.py").write_text("")
+  (pkg / "train.py").write_text("def f():\n  from reskd_jax.tools import predict\n"
+                                "from configs import default\n")
+  monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+  with pytest.raises(AssertionError) as info:
+    test_layers_import_only_what_they_may()
+  assert "reskd_jax/train.py (core) imports reskd_jax.tools.predict (tools)" in str(info.value)
+  assert "never imports configs/" in str(info.value)
+
+
+# ----------------------------------------------------------------------------
+# Every `python -m` command the README and docs give runs.
+
+
+def _python_m_modules():
+  found = {}
+  for path in _markdown_files():
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+      for module in re.findall(r"python -m ([A-Za-z_][\w.]*)", f.read()):
+        found.setdefault(module, path)
+  return found
+
+
+def test_every_python_m_command_in_the_docs_runs():
+  """`python -m X --help` exits 0 with a usage line for each module the docs name.
+
+  The processes run side by side: each imports JAX or TensorFlow, which dominates.
+  """
+  modules = _python_m_modules()
+  assert {"data_prep", "reskd_jax.tools.predict", "reskd_jax.tools.demo"} <= set(modules), modules
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for m in sorted(modules) if not m.rsplit(".", 1)[-1].startswith("_")}
+  failed = []
+  for module, proc in procs.items():
+    out, _ = proc.communicate(timeout=300)
+    if proc.returncode != 0 or "usage" not in out.lower():
+      failed.append(f"python -m {module} --help (named in {modules[module]}): exit "
+                    f"{proc.returncode}\n{out[-1500:]}")
+  assert not failed, "\n\n".join(failed)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from reskd_jax import checkpoints, convert, flops
+from reskd_jax import checkpoints, gflops
 from reskd_jax.errors import WeightsError
 from reskd_jax.models import build_model, feature_shape, swin
+from reskd_jax.tools import convert_weights
 from tests.torch_models import resnet as torch_resnet
 from tests.torch_models import swin as torch_swin
 
@@ -56,7 +57,7 @@ def test_parameter_counts_with_400_classes(name, count):
 @pytest.fixture(scope="module")
 def swin_s_pair():
   ref = _torch_ref(400, **SWIN_S)
-  variables, info = convert.convert_state_dict({"state_dict": ref.state_dict()}, "swin_s",
+  variables, info = convert_weights.convert_state_dict({"state_dict": ref.state_dict()}, "swin_s",
                                              fmt="videoswin")
   assert info["num_classes"] == 400
   assert any(k.endswith("relative_position_index") for k in info["ignored"])
@@ -85,7 +86,7 @@ def test_tiny_matches_torch_with_shrunk_windows_odd_maps_and_resize():
   # 3, 2; D=3 < Wd=4 everywhere (temporal shift 0), stage 3 window = map (no shift at all),
   # stage 4 window (3, 2, 2): N=12 tokens index the (4, 3, 3) table with its [:12, :12].
   ref = _torch_ref(5, **TINY)
-  variables, _ = convert.convert_state_dict(ref.state_dict(), "swin_t", fmt="videoswin", **TINY)
+  variables, _ = convert_weights.convert_state_dict(ref.state_dict(), "swin_t", fmt="videoswin", **TINY)
   video = _video(6, 38)
   want_logits, want_feats = _torch_forward(ref, video)
   model = build_model("swin_t", 5, **TINY)
@@ -106,7 +107,7 @@ def test_tiny_matches_torch_with_shrunk_windows_odd_maps_and_resize():
 def test_return_dict_contract_and_stochastic_depth():
   model = build_model("swin_t", 5, drop_path_rate=0.5, **TINY)
   video = jnp.asarray(_video(4, 32))
-  variables, _ = convert.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
+  variables, _ = convert_weights.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
                                             fmt="videoswin", **TINY)
   assert set(variables) == {"params"}  # no BatchNorm
   out = jax.jit(lambda v, x: model.apply(v, x, return_dict=True))(variables, video)
@@ -172,7 +173,7 @@ def test_checkpoint_file_round_trip(tmp_path, layout):
   else:
     assert "backbone.norm.weight" in sd
   path = _save(tmp_path / "swin.pth", {"meta": {"epoch": 30}, "state_dict": sd})
-  meta = convert.convert_file(path, str(tmp_path / "out"), "swin_t", fmt="videoswin",
+  meta = convert_weights.convert_file(path, str(tmp_path / "out"), "swin_t", fmt="videoswin",
                               **TINY)
   assert meta["num_classes"] == 7 and meta["model"]["embed_dim"] == 8
   variables = checkpoints.load_variables(str(tmp_path / "out"))
@@ -187,26 +188,26 @@ def test_missing_keys_and_other_sizes_are_listed():
   del sd["backbone.layers.1.blocks.0.attn.qkv.bias"]
   with pytest.raises(WeightsError, match=r"missing keys \(1\): "
                      r"backbone\.layers\.1\.blocks\.0\.attn\.qkv\.bias"):
-    convert.convert_state_dict(sd, "swin_t", fmt="videoswin", **TINY)
+    convert_weights.convert_state_dict(sd, "swin_t", fmt="videoswin", **TINY)
   with pytest.raises(WeightsError, match=r"depths \(2, 2, 2, 2\) \(expected \(2, 2, 4, 2\)\)"):
-    convert.convert_state_dict(sd, "swin_t", fmt="videoswin",
+    convert_weights.convert_state_dict(sd, "swin_t", fmt="videoswin",
                                **{**TINY, "depths": (2, 2, 4, 2)})
   # A real Swin-T layout given as swin_s is named (only shapes are read).
   torch.manual_seed(0)
   swin_t = torch_swin.Recognizer3D(400, embed_dim=96, depths=(2, 2, 6, 2),
                                    num_heads=(3, 6, 12, 24)).state_dict()
   with pytest.raises(WeightsError, match="it is a swin_t, not a swin_s"):
-    convert.convert_state_dict(swin_t, "swin_s", fmt="videoswin")
+    convert_weights.convert_state_dict(swin_t, "swin_s", fmt="videoswin")
 
 
 def test_other_family_and_2d_checkpoints_are_one_clear_line():
   resnet_sd = torch_resnet.resnet(18, 5, width=8).state_dict()
   with pytest.raises(WeightsError) as err:
-    convert.convert_state_dict(resnet_sd, "swin_s", fmt="videoswin")
+    convert_weights.convert_state_dict(resnet_sd, "swin_s", fmt="videoswin")
   assert "\n" not in str(err.value) and "2D ResNet" in str(err.value)
   sd2d = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4)}
   with pytest.raises(WeightsError, match="--format=swin2d"):
-    convert.convert_state_dict({"model": sd2d}, "swin_t", fmt="videoswin", **TINY)
+    convert_weights.convert_state_dict({"model": sd2d}, "swin_t", fmt="videoswin", **TINY)
 
 
 def _swin2d_state_dict(window=3, seed=0):
@@ -230,7 +231,7 @@ def _swin2d_state_dict(window=3, seed=0):
 
 def test_inflate_2d_imagenet_swin():
   sd = _swin2d_state_dict()
-  variables, info = convert.convert_state_dict({"model": sd}, "swin_t", fmt="swin2d", **TINY)
+  variables, info = convert_weights.convert_state_dict({"model": sd}, "swin_t", fmt="swin2d", **TINY)
   assert info["num_classes"] == 10
   assert "backbone.layers.0.blocks.1.attn_mask" in info["ignored"]
   params = variables["params"]["backbone"]
@@ -254,11 +255,11 @@ def test_inflate_2d_imagenet_swin():
                                 kernel)
   # A 2D window other than the video window's: bicubic resize first, as the release.
   big = _swin2d_state_dict(window=5)
-  variables, _ = convert.convert_state_dict(big, "swin_t", fmt="swin2d", **TINY)
+  variables, _ = convert_weights.convert_state_dict(big, "swin_t", fmt="swin2d", **TINY)
   chex.assert_shape(variables["params"]["backbone"]["layers_0"]["blocks_0"]["attn"][
       "relative_position_bias_table"], (175, 1))
   with pytest.raises(WeightsError, match="--format=videoswin"):
-    convert.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
+    convert_weights.convert_state_dict(_torch_ref(5, **TINY).state_dict(), "swin_t",
                                fmt="swin2d", **TINY)
 
 
@@ -268,7 +269,7 @@ def test_gflops_match_table3_and_attention_is_separate():
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
                              jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32))
   for resolution, paper in ((224, 1639.0), (112, 421.0)):
-    row = flops.video_gflops(model, variables, 32, resolution, with_xla=False)
+    row = gflops.video_gflops(model, variables, 32, resolution, with_xla=False)
     assert abs(12 * row["gflops"] - paper) / paper < 0.01
     assert 0.1 < row["attention_gflops"] / row["gflops"] < 0.5
 
@@ -279,7 +280,7 @@ def test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file(tmp_path, capsys):
   sd = {k.replace("backbone.norm.", "backbone.norm3."): v for k, v in ref.state_dict().items()}
   path = _save(tmp_path / "swin_t.pth", {"state_dict": sd})
   out = tmp_path / "swin_t"
-  assert convert.main(["--format=videoswin", "--arch=swin_t", f"--input={path}",
+  assert convert_weights.main(["--format=videoswin", "--arch=swin_t", f"--input={path}",
                        f"--output={out}"]) == 0
   params = checkpoints.load_variables(str(out))["params"]
   np.testing.assert_array_equal(params["backbone"]["norm"]["scale"],
@@ -287,7 +288,7 @@ def test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file(tmp_path, capsys):
   np.testing.assert_array_equal(params["fc"]["kernel"], sd["cls_head.fc_cls.weight"].numpy().T)
   capsys.readouterr()
   resnet = _save(tmp_path / "r18.pth", torch_resnet.resnet(18, 5, width=8).state_dict())
-  assert convert.main(["--format=videoswin", "--arch=swin_s", f"--input={resnet}",
+  assert convert_weights.main(["--format=videoswin", "--arch=swin_s", f"--input={resnet}",
                        f"--output={tmp_path / 'bad'}"]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err and "2D ResNet" in err

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reskd_jax import augment, checkpoints, export, models, predict, trained, visualize
+from reskd_jax import augment, checkpoints, models
+from reskd_jax.tools import erf, export, exported, inference, predict, visualize
 
 CLASSES = ("red", "green", "blue")
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
@@ -57,7 +58,7 @@ def _write_video(path, frames):
 def run_dir(tmp_path_factory):
   """A variables directory whose classifier separates the three colours."""
   root = tmp_path_factory.mktemp("toy")
-  model = trained.build_model(META, 3)
+  model = inference.build_model(META, 3)
   variables = models.init_variables(model, jax.random.key(0), FRAMES, CROP)
   views = np.stack([_clip(c, FRAMES)[:, :CROP, :CROP] for c in COLOURS])
   out = model.apply(variables, augment.normalize(views), return_dict=True)
@@ -142,12 +143,12 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
 def test_export_then_load_matches_the_model(run_dir, videos, tmp_path):
   out_dir = str(tmp_path / "exported")
   assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model"]) == 0
-  info = json.load(open(os.path.join(out_dir, export.INFO_FILE)))
+  info = json.load(open(os.path.join(out_dir, exported.INFO_FILE)))
   assert info["class_names"] == list(CLASSES)
   assert info["input"]["shape"] == ["batch", FRAMES, CROP, CROP, 3]
   assert info["input"]["dtype"] == "uint8"
-  fn = export.load(out_dir)
-  model = trained.load(run_dir)
+  fn = exported.load(out_dir)
+  model = inference.load(run_dir)
   rng = np.random.default_rng(0)
   for batch in (1, 3):
     video = rng.integers(0, 256, (batch, FRAMES, CROP, CROP, 3), dtype=np.uint8)
@@ -156,7 +157,7 @@ def test_export_then_load_matches_the_model(run_dir, videos, tmp_path):
     chex.assert_shape(got, (batch, 3))
     chex.assert_trees_all_close(np.asarray(got), np.asarray(expected), atol=1e-5)
   # predict_file applies the export's recorded transform: the same probabilities as
-  # reskd_jax.predict on a real encoded video.
+  # reskd_jax.tools.predict on a real encoded video.
   out = predict.predict_videos(model, [videos["red"]], top_k=3)["results"][0]
   want = np.zeros(3)
   for t in out["top"]:
@@ -173,12 +174,12 @@ def test_export_loader_needs_no_tensorflow_or_model_code(run_dir, tmp_path):
   assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model",
                       "--platforms=cpu"]) == 0
   code = ("import sys, json, numpy as np\n"
-          "from reskd_jax import export\n"
-          f"m = export.load({out_dir!r})\n"
+          "from reskd_jax.tools import exported\n"
+          f"m = exported.load({out_dir!r})\n"
           f"p = np.asarray(m(np.zeros((2, {FRAMES}, {CROP}, {CROP}, 3), np.uint8)))\n"
           "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'flax', "
-          "'optax', 'orbax') or k.startswith(('reskd_jax.models', 'reskd_jax.input_pipeline', "
-          "'reskd_jax.trained')))\n"
+          "'optax', 'orbax') or k.startswith(('reskd_jax.models', 'reskd_jax.data.pipeline', "
+          "'reskd_jax.tools.inference')))\n"
           "print(json.dumps({'shape': list(p.shape), 'heavy': heavy}))\n")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
@@ -222,19 +223,19 @@ def test_half_mass_radius():
   ys, xs = np.mgrid[:41, :41]
   dist = np.hypot(ys - 20, xs - 20)
   maps = np.stack([(dist <= 8).astype(float), (dist <= 16).astype(float), np.exp(-dist)])
-  radii = visualize.half_mass_radius(maps)  # around each map's centre of mass: (20, 20)
+  radii = erf.half_mass_radius(maps)  # around each map's centre of mass: (20, 20)
   # A uniform disc of radius R holds half its mass within R / sqrt(2).
   np.testing.assert_allclose(radii[:2], [8 / 2**0.5, 16 / 2**0.5], atol=0.6)
   assert radii[2] < radii[0]  # a peaked map is more concentrated
-  np.testing.assert_allclose(visualize.half_mass_radius(maps, (20.0, 20.0)), radii)
+  np.testing.assert_allclose(erf.half_mass_radius(maps, (20.0, 20.0)), radii)
   shifted = np.roll(maps[:1], 7, axis=2)  # moving the disc moves the centre of mass along
-  np.testing.assert_allclose(visualize.half_mass_radius(shifted), radii[:1])
-  assert visualize.half_mass_radius(maps[:1], (20.0, 28.0))[0] > radii[0]
+  np.testing.assert_allclose(erf.half_mass_radius(shifted), radii[:1])
+  assert erf.half_mass_radius(maps[:1], (20.0, 28.0))[0] > radii[0]
 
 
 def test_ablation_configs_table_and_chart(tmp_path):
   from configs import demo as demo_config
-  from reskd_jax import ablations
+  from reskd_jax.tools import ablation_table
   cfgs = {run: demo_config.get_config(run) for run in demo_config.ABLATIONS}
   assert [cfgs[r].kd_method for r in ("clip", "frame", "pixel_logit")] == [
       "clip", "frame", "pixel_logit"]
@@ -245,11 +246,11 @@ def test_ablation_configs_table_and_chart(tmp_path):
   assert cfgs["model"].teacher.checkpoint.endswith("teacher_large_low")
   results = {run: {"top1": 0.5 + 0.05 * k} for k, run in enumerate(
       ("baseline", "clip", "frame", "reskd", "pixel_logit", "model", "both"))}
-  rows = ablations.table(results)
+  rows = ablation_table.table(results)
   assert [r["paper_map"] for r in rows if r["table"] == "Table 6"] == [71.8, 73.3, 76.2, 78.5]
   assert rows[1]["setting"] == "Clip-level KD" and rows[1]["demo_top1"] == 55.0
-  assert "Resolution distillation" in ablations.format_table(rows)
-  png = ablations.plot(rows, str(tmp_path / "ablations.png"))
+  assert "Resolution distillation" in ablation_table.format_table(rows)
+  png = ablation_table.plot(rows, str(tmp_path / "ablation_table.png"))
   assert mpimg.imread(png)[..., :3].std() > 0.01
 
 

@@ -13,7 +13,7 @@ from data_prep.items import Annotations, ItemError, Skipped
 def read(annotations: str, source: str, split: str, classes: Optional[Sequence[str]] = None
          ) -> Annotations:
   """Frame folders relative to `source` (and inside it); a folder whose frame count
-  differs from its `num_frames` is partial (see `reskd_jax.video_io.folder_frames`)."""
+  differs from its `num_frames` is partial (see `reskd_jax.data.video_io.folder_frames`)."""
   del split
   entries, skipped, notes = [], [], []
   multi = False

@@ -8,8 +8,13 @@ written to `<workdir>/demo_results.json` with the students' effective
 receptive field radius. Runs that already finished are reused, an
 interrupted run resumes.
 
-  python -m reskd_jax.demo --workdir=runs/demo
-  python -m reskd_jax.demo --workdir=runs/demo --ablations
+  python -m reskd_jax.tools.demo --workdir=runs/demo
+  python -m reskd_jax.tools.demo --workdir=runs/demo --ablations
+
+The runs are those of the config file `--config` (default `configs/demo.py` of the
+repository checkout this runs from): its `get_config(run)`, `RUNS`, `ABLATIONS`,
+`TEACHER_RUNS` and `NUM_CLASSES`. It is loaded by path as `main.py --config` loads
+config files; the package itself never imports `configs`.
 
 `--ablations` then trains the paper's ablations in miniature (Tables 5 and
 6, `configs/demo.py`), reusing the demo's data, teacher and students, and
@@ -17,16 +22,36 @@ writes `<workdir>/ablations.json` and `<workdir>/ablations.png`.
 """
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-from configs import demo as demo_config
-from reskd_jax import ablations, augment, checkpoints, input_pipeline, plots, profiling, train
-from reskd_jax import visualize
+from reskd_jax import augment, checkpoints, train
+from reskd_jax.data import pipeline
 from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.tools import ablation_table, erf, plots, profiling, visualize
+
+
+DEFAULT_CONFIG = "configs/demo.py"
+
+
+def load_config_file(path: str):
+  """The config file `path` as a module, with its repository root (the folder above
+  `configs/`) on the import path for the file's own `from configs import ...`."""
+  path = os.path.abspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"demo config file {path!r} not found: run from the repository "
+                            f"root or pass --config=PATH/configs/demo.py")
+  root = os.path.dirname(os.path.dirname(path))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location("reskd_demo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def prepare_data(workdir: str, num_train: int, num_test: int) -> str:
@@ -39,7 +64,7 @@ def prepare_data(workdir: str, num_train: int, num_test: int) -> str:
   return os.path.join(out, "records")
 
 
-def _train_or_reuse(run: str, workdir: str, records: str):
+def _train_or_reuse(demo_config, run: str, workdir: str, records: str):
   """(config, run directory, results) of `configs/demo.py:<run>`, trained unless finished."""
   cfg = demo_config.get_config(run)
   cfg.data.data_dir = records
@@ -85,11 +110,11 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
 def _figures(trained, results, out_dir, num_clips: int = 64):
   """The paper's Figure 3 (accuracy vs GFLOPs) and Figure 4 (ERF, attention) for the demo.
 
-  The ERF radius (`visualize.erf_summary`) is averaged over `num_clips` test clips; the
+  The ERF radius (`erf.erf_summary`) is averaged over `num_clips` test clips; the
   attention figure shows the first four. Returns the figure paths and the ERF summary.
   """
   cfg = trained["reskd"][0]
-  batch = next(input_pipeline.create_dataset(
+  batch = next(pipeline.create_dataset(
       cfg.data, cfg.data.eval_split, train=False, batch_size=num_clips,
       num_classes=trained["reskd"][2]).as_numpy_iterator())
   videos = augment.normalize(batch["video"][:, 0], cfg.data.mean, cfg.data.std)
@@ -106,26 +131,26 @@ def _figures(trained, results, out_dir, num_clips: int = 64):
   return paths, read_json(paths["erf_summary"])
 
 
-def run_ablations(workdir: str, records: str, results) -> int:
-  """Tables 5 and 6 in miniature; writes ablations.json and ablations.png."""
+def run_ablations(demo_config, workdir: str, records: str, results) -> int:
+  """Tables 5 and 6 in miniature; writes ablation_table.json and ablation_table.png."""
   start, cpu0 = time.time(), time.process_time()
   runs = {name: {"top1": r["top1"], "resolution": r["resolution"]}
           for name, r in results.items()}
   for run in demo_config.ABLATIONS:
-    _, _, res = _train_or_reuse(run, workdir, records)
+    _, _, res = _train_or_reuse(demo_config, run, workdir, records)
     if res.get("preempted"):
       print("ablations interrupted; rerun the same command to resume", file=sys.stderr)
       return 1
     runs[run] = {"top1": res["top1"], "resolution": res["resolution"]}
-  rows = ablations.table(runs)
+  rows = ablation_table.table(runs)
   teachers = {name: runs[name] for name in demo_config.TEACHER_RUNS}
-  text = ablations.format_table(rows, teachers)
+  text = ablation_table.format_table(rows, teachers)
   print("\nAblations in miniature (demo top-1 on 400 test clips; paper: ActivityNet mAP)\n"
         + text)
   payload = {"rows": rows, "teachers": teachers,
              "seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu0}
-  out = write_json_atomic(os.path.join(workdir, "ablations.json"), payload)
-  png = ablations.plot(rows, os.path.join(workdir, "ablations.png"))
+  out = write_json_atomic(os.path.join(workdir, "ablation_table.json"), payload)
+  png = ablation_table.plot(rows, os.path.join(workdir, "ablation_table.png"))
   print(f"\nwritten {out} and {png} ({payload['seconds']:.0f} s, "
         f"{payload['cpu_seconds']:.0f} s CPU in this process)")
   return 0
@@ -135,6 +160,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="runs/demo")
+  parser.add_argument("--config", default=DEFAULT_CONFIG,
+                      help="the demo's config file (default: %(default)s)")
   parser.add_argument("--num-train", type=int, default=600)
   parser.add_argument("--num-test", type=int, default=400)
   parser.add_argument("--throughput-batch", type=int, default=32)
@@ -143,12 +170,17 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+  try:
+    demo_config = load_config_file(args.config)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   start = time.time()
   workdir = os.path.abspath(args.workdir)
   records = prepare_data(workdir, args.num_train, args.num_test)
   results, trained = {}, {}
   for run in demo_config.RUNS:
-    cfg, run_dir, res = _train_or_reuse(run, workdir, records)
+    cfg, run_dir, res = _train_or_reuse(demo_config, run, workdir, records)
     if res.get("preempted"):
       print("demo interrupted; rerun `make demo` to resume", file=sys.stderr)
       return 1
@@ -173,16 +205,16 @@ def main(argv=None) -> int:
   lines.append(f"ResKD student vs baseline at the same cost: {gain:+.1f} points top-1; "
                f"{ratio:.1f}x fewer GFLOPs than the teacher")
   print("\n" + "\n".join(lines))
-  figures, erf = _figures(trained, results, os.path.join(workdir, "figures"))
-  print(visualize.format_erf_summary(erf))
+  figures, radii = _figures(trained, results, os.path.join(workdir, "figures"))
+  print(erf.format_erf_summary(radii))
   print("figures: " + ", ".join(sorted(figures.values())))
   for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
-    results[run]["erf_radius_px"] = erf[name]["radius_mean"]
-    results[run]["erf_radius_frac"] = erf[name]["radius_frac"]
+    results[run]["erf_radius_px"] = radii[name]["radius_mean"]
+    results[run]["erf_radius_frac"] = radii[name]["radius_frac"]
   out = write_json_atomic(os.path.join(workdir, "demo_results.json"), results, sort_keys=False)
   print(f"\nwritten {out} in {time.time() - start:.0f} s total")
   if args.ablations:
-    return run_ablations(workdir, records, results)
+    return run_ablations(demo_config, workdir, records, results)
   return 0
 
 

@@ -1,13 +1,13 @@
 """Video Swin weights for the converter: official release, mmaction2 1.x, 2D ImageNet Swin.
 
-The Swin entry of ``reskd_jax.convert.FAMILY_WEIGHTS``: :func:`prepare` turns
+The Swin entry of ``reskd_jax.tools.convert_weights.FAMILY_WEIGHTS``: :func:`prepare` turns
 a loaded state dict into the release's names (checking the model size) and
 :func:`source_key` names the checkpoint tensor of each Flax parameter. Use it
 through the converter::
 
-    python -m reskd_jax.convert --format=videoswin --arch=swin_b \\
+    python -m reskd_jax.tools.convert_weights --format=videoswin --arch=swin_b \\
         --input=swin_base_patch244_window877_kinetics400_22k.pth --output=weights/swin_b_k400
-    python -m reskd_jax.convert --format=swin2d --arch=swin_s \\
+    python -m reskd_jax.tools.convert_weights --format=swin2d --arch=swin_s \\
         --input=swin_small_patch4_window7_224.pth --output=weights/swin_s_in1k_inflated
 
 Formats:

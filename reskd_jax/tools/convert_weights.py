@@ -6,15 +6,15 @@ Library use::
 
 Command line (writes a variables directory, see ``reskd_jax.checkpoints``)::
 
-    python -m reskd_jax.convert --format=torchvision --arch=resnet50 \\
+    python -m reskd_jax.tools.convert_weights --format=torchvision --arch=resnet50 \\
         --input=resnet50-0676ba61.pth --output=weights/r50_imagenet
-    python -m reskd_jax.convert --format=mmaction --arch=resnet152 --num-classes=200 \\
+    python -m reskd_jax.tools.convert_weights --format=mmaction --arch=resnet152 --num-classes=200 \\
         --input=tsn_r152_minik.pth --output=weights/r152_minik
-    python -m reskd_jax.convert --format=mmaction --arch=slowonly_r50 \\
+    python -m reskd_jax.tools.convert_weights --format=mmaction --arch=slowonly_r50 \\
         --input=slowonly_r50_8x8x1_k400.pth --output=weights/slowonly_r50_k400
-    python -m reskd_jax.convert --format=torchvision --arch=slowonly_r50 \\
+    python -m reskd_jax.tools.convert_weights --format=torchvision --arch=slowonly_r50 \\
         --input=resnet50-11ad3fa6.pth --output=weights/r50_imagenet_slowonly  # inflated
-    python -m reskd_jax.convert --format=videoswin --arch=swin_b \
+    python -m reskd_jax.tools.convert_weights --format=videoswin --arch=swin_b \
         --input=swin_base_patch244_window877_kinetics400_22k.pth --output=weights/swin_b_k400
 
 Mapping: conv ``O, I, *kernel -> *kernel, I, O`` (2D and 3D); linear ``(K, C)
@@ -25,7 +25,7 @@ ResNets, mmaction2 names (``backbone.layer1.0.conv1.conv.weight``,
 ``cls_head.fc_cls.*``) are first renamed to torchvision's; SlowOnly keeps
 mmaction2's names, and a torchvision ResNet-50 given for SlowOnly is inflated
 (:func:`inflate_torchvision`). Video Swin files (official, mmaction2 1.x, or a
-2D ImageNet Swin to inflate) are mapped by :mod:`reskd_jax.convert_swin`.
+2D ImageNet Swin to inflate) are mapped by :mod:`reskd_jax.tools.swin_weights`.
 Which families and formats exist: :data:`FAMILY_WEIGHTS` (the architecture
 names come from ``reskd_jax.models``).
 """
@@ -42,11 +42,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
-from reskd_jax import checkpoints, convert_swin, meta as meta_lib, models
+from reskd_jax import checkpoints, meta as meta_lib, models
 from reskd_jax.errors import WeightsError  # noqa: F401 (re-exported)
 from reskd_jax.models import slowonly
+from reskd_jax.tools import swin_weights
 
-FORMATS = ("torchvision", "mmaction") + convert_swin.FORMATS
+FORMATS = ("torchvision", "mmaction") + swin_weights.FORMATS
 
 # Block type and blocks per stage of each 2D ResNet depth, from the model registry.
 ARCH_LAYOUT = {name: (models.default_options(name)["block"],
@@ -358,9 +359,9 @@ FAMILY_WEIGHTS: Dict[str, FamilyWeights] = {
                             source_key=_flax_to_torch_name, head_key="fc.weight"),
     "slowonly": FamilyWeights(formats=("mmaction", "torchvision"), prepare=_prepare_slowonly,
                               source_key=_slowonly_name, head_key="cls_head.fc_cls.weight"),
-    "swin": FamilyWeights(formats=convert_swin.FORMATS, prepare=convert_swin.prepare,
-                          source_key=convert_swin.source_key, head_key=convert_swin.HEAD_KEY,
-                          ignored_suffixes=convert_swin.IGNORED_SUFFIXES),
+    "swin": FamilyWeights(formats=swin_weights.FORMATS, prepare=swin_weights.prepare,
+                          source_key=swin_weights.source_key, head_key=swin_weights.HEAD_KEY,
+                          ignored_suffixes=swin_weights.IGNORED_SUFFIXES),
 }
 
 
@@ -433,7 +434,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
       family is refused, naming what it is.
     fmt: one of the family's formats (:data:`FAMILY_WEIGHTS`): ``"torchvision"``
       or ``"mmaction"`` (TSN/TSM ResNet or SlowOnly recogniser), ``"videoswin"``
-      or ``"swin2d"`` (Video Swin; see :mod:`reskd_jax.convert_swin`).
+      or ``"swin2d"`` (Video Swin; see :mod:`reskd_jax.tools.swin_weights`).
     tsm: recorded for the caller; TSM has no parameters of its own.
     num_classes: expected classifier size; ``None`` takes it from the checkpoint.
     include_head: ``False`` drops ``fc`` (backbone-only checkpoints).
@@ -554,7 +555,7 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = "torchv
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m reskd_jax.convert",
+      prog="python -m reskd_jax.tools.convert_weights",
       description="Convert torchvision / mmaction2 / Video Swin weights to reskd_jax "
                   "variables.")
   p.add_argument("--format", required=True, choices=FORMATS,
@@ -584,8 +585,8 @@ def main(argv=None) -> int:
       raise WeightsError(f"--output={args.output!r} is a file; give a directory")
     names = ()
     if args.classes:
-      from reskd_jax import trained  # the one reader of class lists
-      names = trained.read_class_names(args.classes)
+      from reskd_jax.tools import inference  # the one reader of class lists
+      names = inference.read_class_names(args.classes)
     meta = convert_file(args.input, args.output, args.arch, fmt=args.format, tsm=args.tsm,
                         num_segments=args.num_segments, num_classes=args.num_classes,
                         ignore_prefixes=tuple(p for p in args.ignore.split(",") if p),

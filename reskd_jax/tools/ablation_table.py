@@ -1,6 +1,6 @@
 """The paper's ablations (Tables 5 and 6) in miniature: the table, beside the paper's, and a chart.
 
-`python -m reskd_jax.demo --ablations` trains the runs of `configs/demo.py`
+`python -m reskd_jax.tools.demo --ablations` trains the runs of `configs/demo.py`
 (`ABLATIONS`) and hands their results here. Each row pairs one demo run
 (top-1 on the demo's test split) with the paper's row (mAP on ActivityNet,
 ResNet-50 student at 112 px, ResNet-152 teacher at 224 px).

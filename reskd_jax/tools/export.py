@@ -1,6 +1,6 @@
-"""`python -m reskd_jax.export`: a trained model as a serving artifact, preprocessing included.
+"""`python -m reskd_jax.tools.export`: a trained model as a serving artifact, preprocessing included.
 
-  python -m reskd_jax.export --workdir=runs/minik_r50_112 --output=exported/minik_r50_112
+  python -m reskd_jax.tools.export --workdir=runs/minik_r50_112 --output=exported/minik_r50_112
 
 The function exported takes a uint8 RGB video batch ``(batch, T, S, S, 3)``
 (the T sampled frames of one view, cropped to the run's crop size S) and
@@ -14,9 +14,9 @@ The output directory holds
   saved_model/         a TensorFlow SavedModel (jax2tf), signature "serving_default",
                        unless --no-saved-model
 
-`reskd_jax.export.load(DIR)` returns a callable (NumPy/JAX uint8 in,
+`reskd_jax.tools.exported.load(DIR)` returns a callable (NumPy/JAX uint8 in,
 probabilities out) that needs neither the model code nor the variables, nor
-TensorFlow (``reskd_jax.exported``); its ``predict_file(path)`` applies the
+TensorFlow; its ``predict_file(path)`` applies the
 export's own frame sampling and crops to a video file.
 """
 
@@ -26,23 +26,27 @@ import argparse
 import os
 import shutil
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from reskd_jax import platforms
+from reskd_jax.data import clips
 from reskd_jax.errors import EXIT_BAD_INPUT, ReskdError
-from reskd_jax.exported import ARTIFACT_FILE, INFO_FILE, ExportedModel, load  # noqa: F401
 from reskd_jax.fileio import write_json_atomic
+from reskd_jax.tools.exported import ARTIFACT_FILE, INFO_FILE
+
+if TYPE_CHECKING:
+  from reskd_jax.tools import inference
 
 # Writing an export needs the model code and TensorFlow; loading one does not, so these
-# modules are imported by the functions that write (see reskd_jax.exported).
+# modules are imported by the functions that write (see reskd_jax.tools.exported).
 SAVED_MODEL_DIR = "saved_model"
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def serving_function(model: trained.TrainedModel) -> Callable:
+def serving_function(model: inference.TrainedModel) -> Callable:
   """``uint8 (b, T, S, S, 3) -> float32 (b, K)`` with the variables closed over."""
   probabilities = model.probabilities_fn()
   variables = jax.tree.map(jnp.asarray, model.variables)
@@ -53,34 +57,32 @@ def serving_function(model: trained.TrainedModel) -> Callable:
   return serve
 
 
-def input_spec(model: trained.TrainedModel, batch: Any = "b") -> jax.ShapeDtypeStruct:
+def input_spec(model: inference.TrainedModel, batch: Any = "b") -> jax.ShapeDtypeStruct:
   """The input the exported function takes; ``batch`` is a size or a symbolic name."""
-  from reskd_jax import input_pipeline
   if isinstance(batch, str):
     (batch,) = jax.export.symbolic_shape(batch)
   data = model.data
   return jax.ShapeDtypeStruct(
-      (batch, input_pipeline.frames_per_clip(data), data.crop_size, data.crop_size, 3),
+      (batch, clips.frames_per_clip(data), data.crop_size, data.crop_size, 3),
       jnp.uint8)
 
 
-def export_model(model: trained.TrainedModel,
+def export_model(model: inference.TrainedModel,
                  platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
   """The `jax.export.Exported` of :func:`serving_function` with a symbolic batch."""
   return jax.export.export(jax.jit(serving_function(model)), platforms=tuple(platforms))(
       input_spec(model))
 
 
-def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str, Any]:
+def describe(model: inference.TrainedModel, platforms: Sequence[str]) -> Dict[str, Any]:
   """What `export.json` says: class names, the input and how to produce it."""
-  from reskd_jax import input_pipeline
   data = model.data
-  frames = input_pipeline.frames_per_clip(data)
+  frames = clips.frames_per_clip(data)
   sampling = (f"{frames} frames, one at the centre of each of {frames} equal segments"
               if data.sampling == "tsn" else
               f"{frames} consecutive frames every {data.frame_interval} (dense)")
   crops = "the centre crop" if data.test_num_crops == 1 else "three crops along the long side"
-  views = input_pipeline.num_views(data)
+  views = clips.num_views(data)
   return {
       "class_names": list(model.class_names),
       "num_classes": model.num_classes,
@@ -102,9 +104,8 @@ def describe(model: trained.TrainedModel, platforms: Sequence[str]) -> Dict[str,
   }
 
 
-def save_tf_saved_model(model: trained.TrainedModel, path: str) -> str:
+def save_tf_saved_model(model: inference.TrainedModel, path: str) -> str:
   """A TensorFlow SavedModel of :func:`serving_function` (jax2tf, variables as tf.Variables)."""
-  from reskd_jax import input_pipeline
   import tensorflow as tf
   from jax.experimental import jax2tf
 
@@ -114,7 +115,7 @@ def save_tf_saved_model(model: trained.TrainedModel, path: str) -> str:
                              polymorphic_shapes=[None, "(b, ...)"], with_gradient=False,
                              native_serialization_platforms=PLATFORMS)
   data = model.data
-  spec = tf.TensorSpec([None, input_pipeline.frames_per_clip(data), data.crop_size,
+  spec = tf.TensorSpec([None, clips.frames_per_clip(data), data.crop_size,
                         data.crop_size, 3], tf.uint8, name="video")
   module = tf.Module()
   module._variables = tf.nest.flatten(tf_vars)  # tracked, saved with the model
@@ -128,7 +129,7 @@ def save_tf_saved_model(model: trained.TrainedModel, path: str) -> str:
   return path
 
 
-def export_directory(model: trained.TrainedModel, output: str, *,
+def export_directory(model: inference.TrainedModel, output: str, *,
                      platforms: Sequence[str] = PLATFORMS, saved_model: bool = True,
                      log=print) -> Dict[str, Any]:
   """Writes the artifact, export.json and (optionally) the SavedModel; returns export.json."""
@@ -156,9 +157,9 @@ def export_directory(model: trained.TrainedModel, output: str, *,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from reskd_jax import input_pipeline, trained
+  from reskd_jax.tools import inference
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  p = argparse.ArgumentParser(prog="python -m reskd_jax.export",
+  p = argparse.ArgumentParser(prog="python -m reskd_jax.tools.export",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
@@ -170,9 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help=f"comma-separated lowering platforms (default {','.join(PLATFORMS)})")
   p.add_argument("--no-saved-model", action="store_true", help="skip the TF SavedModel")
   args = p.parse_args(argv)
-  input_pipeline.hide_gpus_from_tf()
+  platforms.hide_gpus_from_tf()
   try:
-    model = trained.load(args.workdir, classes=args.classes)
+    model = inference.load(args.workdir, classes=args.classes)
     export_directory(model, args.output, platforms=[s for s in args.platforms.split(",") if s],
                      saved_model=not args.no_saved_model)
   except (ReskdError, FileNotFoundError, ValueError) as e:

@@ -1,6 +1,6 @@
 """Trade-off figure from finished runs (the paper's Figure 3).
 
-    python -m reskd_jax.sweep --workdirs=runs/r50_56,runs/r50_80,runs/r50_112 \\
+    python -m reskd_jax.tools.tradeoff_figure --workdirs=runs/r50_56,runs/r50_80,runs/r50_112 \\
         --out=trade_off.png [--teacher=runs/r152_224] [--baseline=runs/b56,runs/b112]
 
 Reads each workdir's ``results.json`` (written by the trainer: ``top1``,
@@ -18,7 +18,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from reskd_jax import plots, workdir as workdir_lib
+from reskd_jax import workdir as workdir_lib
+from reskd_jax.tools import plots
 
 RESULTS = workdir_lib.RESULTS
 
@@ -59,7 +60,7 @@ def collect(workdirs, teacher=None, baseline=()):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m reskd_jax.sweep", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m reskd_jax.tools.tradeoff_figure", description=__doc__.split("\n")[0])
   p.add_argument("--workdirs", required=True, help="comma-separated run directories")
   p.add_argument("--out", default="trade_off.png")
   p.add_argument("--teacher", default=None, help="the teacher's run directory")

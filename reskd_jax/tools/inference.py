@@ -1,7 +1,7 @@
 """A trained model ready for inference: network, variables, class names, test transform.
 
 :func:`load` reads a training workdir (its ``variables/``) or any variables
-directory (``python -m reskd_jax.convert`` output) and its ``meta.json``:
+directory (``python -m reskd_jax.tools.convert_weights`` output) and its ``meta.json``:
 the architecture, the class names the trainer recorded from the data set
 manifest, and the test transform of the run's config (frames, short side,
 crop, views, mean/std). What ``meta.json`` lacks (converted weights carry no
@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reskd_jax import augment, checkpoints, exported, input_pipeline, models, records, train_step
+from reskd_jax import augment, checkpoints, models, train_step
+from reskd_jax.data import records
 from reskd_jax.errors import CheckpointError, ConfigError
 from reskd_jax.fileio import read_json
+from reskd_jax.tools import exported
 
 # Test transform of a run whose meta.json does not say (e.g. converted weights).
 DEFAULT_TRANSFORM = {
@@ -71,7 +73,7 @@ class TrainedModel:
   def views(self, frames: np.ndarray) -> np.ndarray:
     """A decoded video ``(N, H, W, 3)`` uint8 -> its test views ``(V, T, S, S, 3)`` uint8.
 
-    The evaluator's transform (``input_pipeline.eval_indices``/``eval_views``):
+    The evaluator's transform (``decode.eval_indices``/``eval_views``):
     frame sampling, short-side resize, centre or three crops.
     """
     return exported.test_views(frames, self.data)
@@ -145,7 +147,7 @@ def load(path: str, *, classes: Optional[str] = None,
     raise CheckpointError(str(e)) from None
   if "arch" not in meta:
     raise CheckpointError(f"{path}: meta.json has no 'arch' (is this a variables directory "
-                          f"written by the trainer or reskd_jax.convert?)")
+                          f"written by the trainer or reskd_jax.tools.convert_weights?)")
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   num_classes = int(meta.get("num_classes") or variables["params"]["fc"]["bias"].shape[0])
   names: Sequence[str] = meta.get("class_names") or ()

@@ -1,7 +1,7 @@
 """Reading a video's frames: a video file (PyAV) or a folder of numbered images.
 
 The one reader shared by the converter (`data_prep` turns the frames into
-TFRecords) and the predictor (`reskd_jax.predict` runs a trained model on the
+TFRecords) and the predictor (`reskd_jax.tools.predict` runs a trained model on the
 frames directly), so that both see the same pixels. Frames come out as RGB
 PIL images at the source size; :func:`short_side_size` is the converter's
 resize rule (mmcv ``rescale_size``, short side exact).

@@ -4,7 +4,7 @@
 ``config.profile.resolutions`` directly (no in-model resize):
 
 - GFLOPs per video in the paper's convention (conv + linear multiply-adds) and
-  XLA's compiled count (``reskd_jax.flops``);
+  XLA's compiled count (``reskd_jax.tools.flops``);
 - inference throughput in videos/second at ``config.profile.batch_size`` in
   float32 and bfloat16 (compile and one warm-up call excluded, the median of
   ``config.profile.timed_runs`` calls, each ending in ``block_until_ready``).
@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import flops
-from reskd_jax.models import registry
 from reskd_jax.errors import ConfigError
+from reskd_jax.models import registry
+from reskd_jax.tools import flops
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -1,12 +1,12 @@
-"""`python -m reskd_jax.predict`: a trained model's top-5 classes for video files.
+"""`python -m reskd_jax.tools.predict`: a trained model's top-5 classes for video files.
 
-  python -m reskd_jax.predict --workdir=runs/minik_r50_112 video.mp4 frames_dir/ ...
-  python -m reskd_jax.predict --workdir=RUN --json a.mp4 b.webm > predictions.json
+  python -m reskd_jax.tools.predict --workdir=runs/minik_r50_112 video.mp4 frames_dir/ ...
+  python -m reskd_jax.tools.predict --workdir=RUN --json a.mp4 b.webm > predictions.json
 
 RUN is a training workdir or a variables directory (`python -m
-reskd_jax.convert` output). Each VIDEO is a file in any format PyAV/FFmpeg
+reskd_jax.tools.convert_weights` output). Each VIDEO is a file in any format PyAV/FFmpeg
 reads (mp4, webm, avi, mkv, ...) or a folder of frames (`img_00001.jpg`, ...).
-Frames are decoded by the converter's reader (`reskd_jax.video_io`), resized
+Frames are decoded by the converter's reader (`reskd_jax.data.video_io`), resized
 to the run's short side as the converter does, and sampled and cropped by the
 evaluator's test transform (recorded in the run's meta.json; flags override
 it); the views' softmax scores are averaged, as in evaluation.
@@ -30,12 +30,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from reskd_jax import input_pipeline, trained, video_io
+from reskd_jax import platforms
+from reskd_jax.data import clips, video_io
 from reskd_jax.errors import EXIT_BAD_INPUT, ReskdError
+from reskd_jax.tools import inference
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m reskd_jax.predict",
+  p = argparse.ArgumentParser(prog="python -m reskd_jax.tools.predict",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def predict_videos(model: trained.TrainedModel, paths: Sequence[str], top_k: int = 5,
+def predict_videos(model: inference.TrainedModel, paths: Sequence[str], top_k: int = 5,
                    frame_options: video_io.FrameOptions = video_io.FrameOptions()
                    ) -> Dict[str, Any]:
   """Top-k predictions of each video; unreadable ones are listed under "errors".
@@ -75,7 +77,7 @@ def predict_videos(model: trained.TrainedModel, paths: Sequence[str], top_k: int
   warm-up, kept out of the per-video times).
   """
   data = model.data
-  views_shape = (1, input_pipeline.num_views(data), input_pipeline.frames_per_clip(data),
+  views_shape = (1, clips.num_views(data), clips.frames_per_clip(data),
                  data.crop_size, data.crop_size, 3)
   t0 = time.perf_counter()
   compiled = jax.jit(model.probabilities_fn()).lower(
@@ -138,12 +140,12 @@ def _print_text(out: Dict[str, Any], device: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = _parser().parse_args(argv)
-  input_pipeline.hide_gpus_from_tf()
+  platforms.hide_gpus_from_tf()
   transform = {"num_frames": args.num_frames, "short_side": args.short_side,
                "crop_size": args.crop_size, "test_num_clips": args.num_clips,
                "test_num_crops": args.num_crops}
   try:
-    model = trained.load(args.workdir, classes=args.classes, transform=transform)
+    model = inference.load(args.workdir, classes=args.classes, transform=transform)
     options = video_io.FrameOptions(frame_stride=args.frame_stride, fps=args.fps,
                                     filename_tmpl=args.filename_tmpl,
                                     allow_partial=args.allow_partial)

@@ -2,7 +2,7 @@
 
 Every function here is a small pure function of integers (and of uniform
 draws `u` in [0, 1) that play the part of `np.random` / `random` in mmaction2),
-built from TF ops so that `input_pipeline` can call it inside a tf.data graph.
+built from TF ops so that `decode` can call it inside a tf.data graph.
 Called eagerly on Python ints they return EagerTensors (`.numpy()`), which is
 how the tests compare them with NumPy transcriptions of mmaction2.
 

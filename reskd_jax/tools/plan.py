@@ -12,7 +12,7 @@ process) and reports per chip:
   temporary bytes; their total ``arguments + outputs - aliased + temporaries
   + program`` against the chip's HBM and whether it fits under ``margin`` of it;
 - XLA's flops and bytes per step (``cost_analysis``) and, from the chip's
-  peak bf16 FLOP/s and HBM bandwidth (``reskd_jax.chips``), the roofline
+  peak bf16 FLOP/s and HBM bandwidth (``reskd_jax.tools.chips``), the roofline
   bound ``step >= max(flops / peak, bytes / bandwidth)``, i.e. at most
   ``per-chip batch / step`` videos/s per chip (times the chips per slice);
   XLA's own ``optimal_seconds`` is not used;
@@ -43,10 +43,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reskd_jax import checkpoints, chips, config_checks, input_pipeline, models, optim, platforms
-from reskd_jax import log_filter, train_step
+from reskd_jax import checkpoints, config_checks, log_filter, models, optim, platforms, train_step
+from reskd_jax.data import clips
 from reskd_jax.errors import ConfigError, ReskdError
 from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.tools import chips
 
 PLAN_JSON = "plan.json"
 PLAN_TXT = "plan.txt"
@@ -161,7 +162,7 @@ class RunSteps:
     self.notes = _prepare_teacher(config) if config.mode == "reskd" else []
     self.num_classes = _check(config)
     self.dtype = config_checks.compute_dtype(config.dtype)
-    self.num_frames = input_pipeline.frames_per_clip(config.data)
+    self.num_frames = clips.frames_per_clip(config.data)
     bn_axis = train_step.AXIS if config.sync_bn else None
     self.student = models.build_from_config(config.model, self.num_classes, dtype=self.dtype,
                                             bn_axis_name=bn_axis)
@@ -202,8 +203,8 @@ class RunSteps:
     """ShapeDtypeStructs of ``(state, teacher_vars, batch, rng)`` placed as training places them."""
     c = self.config
     rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(train_step.AXIS))
-    size = input_pipeline.output_size(c.data)
-    batch = {  # what input_pipeline.create_dataset(train=True) yields
+    size = clips.output_size(c.data)
+    batch = {  # what pipeline.create_dataset(train=True) yields
         "video": jax.ShapeDtypeStruct((global_batch, self.num_frames, size, size, 3), jnp.uint8,
                                       sharding=split),
         "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=split),
@@ -217,9 +218,9 @@ class RunSteps:
   def eval_args(self, mesh, global_batch: int):
     c = self.config
     rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(train_step.AXIS))
-    size = input_pipeline.output_size(c.data)
+    size = clips.output_size(c.data)
     video = jax.ShapeDtypeStruct(
-        (global_batch, input_pipeline.num_views(c.data), self.num_frames, size, size, 3),
+        (global_batch, clips.num_views(c.data), self.num_frames, size, size, 3),
         jnp.uint8, sharding=split)
     return _placed(self.state.variables, rep), {"video": video}
 

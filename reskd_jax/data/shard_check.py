@@ -28,7 +28,7 @@ Either way the fix is to rerun data_prep, which verifies every shard against
 its recorded size and checksum and rewrites the damaged ones (a shard that is
 merely unreadable needs its permissions or storage fixed instead).
 
-What the start-up check assumes of the manifest (`reskd_jax.records.read_manifest`):
+What the start-up check assumes of the manifest (`reskd_jax.data.records.read_manifest`):
 per split `shards` (file names under `<data_dir>/<split>/`), `num_videos`, and,
 each aligned with `shards` when present, `shard_sizes` (videos per shard),
 `shard_bytes` (file sizes) and `shard_sha256` (hex digests of whole files). It
@@ -47,8 +47,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from reskd_jax.data.records import FRAMES_SUFFIX  # the "frames" layout's file of a shard's JPEGs
 from reskd_jax.errors import DataError
-from reskd_jax.records import FRAMES_SUFFIX  # the "frames" layout's file of a shard's JPEGs
 
 RERUN = "rerun the data_prep command that wrote it: it rewrites damaged shards"
 # tf.data's errors for a file that cannot be read (besides OSError from Python readers).
@@ -176,7 +176,7 @@ def check_run_splits(data_dir: str, splits: Sequence[str], checksums: str = "bac
   """
   if checksums not in CHECKSUM_MODES:
     raise ValueError(f"checksums must be one of {CHECKSUM_MODES}, got {checksums!r}")
-  from reskd_jax import records  # imported here: records imports TensorFlow helpers too
+  from reskd_jax.data import records  # imported here: records imports TensorFlow helpers too
 
   manifest = records.read_manifest(data_dir)
   problems, to_hash = [], []
