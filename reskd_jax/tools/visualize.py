@@ -171,3 +171,7 @@ def main(argv=None) -> int:
   print(erf.format_erf_summary(json.load(open(out["erf_summary"]))))
   print(f"wrote {out['erf']}, {out['attention']} and {out['erf_summary']}")
   return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
