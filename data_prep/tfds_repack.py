@@ -23,6 +23,7 @@ data set that looks complete (rerun it into a fresh --out).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence
@@ -51,11 +52,16 @@ def open_builder(name: str, data_dir: Optional[str]):
   if not data_dir:
     raise ConversionError("--from-tfds needs --tfds-data-dir (the data directory the data "
                           "set was built in, e.g. tfds build's --data_dir)")
-  if not os.path.isdir(data_dir):
+  if "://" in data_dir:  # gs://... where a Beam runner wrote it
+    import tensorflow as tf
+    isdir, exists = tf.io.gfile.isdir, tf.io.gfile.exists
+  else:
+    isdir, exists = os.path.isdir, os.path.exists
+  if not isdir(data_dir):
     raise ConversionError(f"--tfds-data-dir {data_dir!r} "
-                          f"{'is not a directory' if os.path.exists(data_dir) else 'does not exist'}")
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # tfds warns of every missing build: we say it once
+                          f"{'is not a directory' if exists(data_dir) else 'does not exist'}")
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns of a missing build: we say it once
   import tensorflow_datasets as tfds
 
   import data_prep.tfds_builders  # noqa: F401  registers the builders
@@ -190,8 +196,9 @@ def repack_tfds(name: str, tfds_data_dir: Optional[str], out_dir: str,
     raise ConversionError(f"no video in the splits {chosen} of {builder.info.full_name}")
   manifest["splits"] = dict(sorted(manifest["splits"].items()))
   write_json_atomic(os.path.join(out_dir, records.MANIFEST), manifest, indent=1)
-  log(f"repacked {builder.info.full_name} ({', '.join(f'{s} -> {written_split(s)}' for s in chosen)}) "
-      f"from {tfds_data_dir} into {out_dir} ({layout} layout)")
+  mapped = ", ".join(f"{s} -> {written_split(s)}" for s in chosen)
+  log(f"repacked {builder.info.full_name} ({mapped}) from {tfds_data_dir} into {out_dir} "
+      f"({layout} layout)")
   return manifest
 
 
@@ -205,8 +212,14 @@ def _split(builder, tfds_split: str, split: str, out_dir: str, layout: str,
   os.makedirs(split_dir, exist_ok=True)
   scratch = _Scratch(os.path.join(split_dir, f".tfds-frames.tmp-{os.getpid()}"))
   try:
-    ds = builder.as_dataset(split=tfds_split, shuffle_files=False,
-                            decoders={"frames": tfds.decode.SkipDecoding()})
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)  # TFDS's reader of Sequence features warns of a TF API
+    try:
+      ds = builder.as_dataset(split=tfds_split, shuffle_files=False,
+                              decoders={"frames": tfds.decode.SkipDecoding()})
+    finally:
+      tf_logger.setLevel(level)
     for ex in ds.as_numpy_iterator():
       labels = ([int(v) for v in ex["labels"]] if multi_label else [int(ex["label"])])
       scratch.add(ex["video_id"].decode(), list(ex["frames"]), labels,
