@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         python -m data_prep repack --data-dir=data/old --out=data/new
         python -m data_prep repack --from-tfds=reskd_kinetics400/beam \\
             --tfds-data-dir=gs://bucket/tfds --out=data/k400
-      An interrupted run leaves no manifest.json: rerun it (into a fresh --out)."""))
+      An interrupted run leaves no manifest.json: rerun the same command."""))
   source = rp.add_mutually_exclusive_group(required=True)
   source.add_argument("--data-dir", help="converted data set (holds manifest.json)")
   source.add_argument("--from-tfds", metavar="NAME[/CONFIG]",
@@ -245,6 +245,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         repack_tfds(args.from_tfds, args.tfds_data_dir, args.out, args.layout, splits=splits,
                     num_shards=args.num_shards, shuffle_seed=args.shuffle_seed)
       else:
+        if args.tfds_data_dir or args.num_shards:
+          raise ConversionError("--tfds-data-dir and --num-shards go with --from-tfds; "
+                                "repack --data-dir keeps the data set's shards")
         repack(args.data_dir, args.out, args.layout, splits=splits)
       return 0
     options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,

@@ -17,11 +17,12 @@ batches for a given seed. To put videos in that order, each split's JPEGs are fi
 copied into one scratch file under `--out` (removed at the end), so memory holds only
 the frame offsets; each shard is then written with `repack.write_shard` (temporary
 names renamed when complete) and the manifest last, so an interrupted run leaves no
-data set that looks complete (rerun it into a fresh --out).
+data set that looks complete (rerun the same command: it writes every shard again).
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from reskd_jax.data import records
-from reskd_jax.fileio import write_json_atomic
+from reskd_jax.fileio import pid_alive, write_json_atomic
 
 from data_prep.items import ConversionError
 from data_prep.repack import write_shard
@@ -148,6 +149,16 @@ class _Scratch:
       os.remove(self.path)
 
 
+def _remove_stale_tmp(split_dir: str):
+  """Scratch and temporary shard files of a run that was killed (its process is gone):
+  a rerun would otherwise leave them, a scratch file as large as the split."""
+  for path in glob.glob(os.path.join(glob.escape(split_dir), "*.tmp-*")) + glob.glob(
+      os.path.join(glob.escape(split_dir), ".*.tmp-*")):
+    pid = path.rsplit(".tmp-", 1)[-1]
+    if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+      os.remove(path)
+
+
 def repack_tfds(name: str, tfds_data_dir: Optional[str], out_dir: str,
                 layout: str = records.LAYOUT_FRAMES, splits: Optional[Sequence[str]] = None,
                 num_shards: Optional[int] = None, shuffle_seed: int = 0,
@@ -172,6 +183,7 @@ def repack_tfds(name: str, tfds_data_dir: Optional[str], out_dir: str,
     if missing:
       raise ConversionError(f"split {missing[0]!r} is not in {builder.info.full_name} "
                             f"(its splits: {sorted(built)})")
+    chosen = list(dict.fromkeys(chosen))  # val and validation: written once
   for s in chosen:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", written_split(s)):
       raise ConversionError(f"TFDS split {s!r} is not a usable split name")
@@ -210,6 +222,7 @@ def _split(builder, tfds_split: str, split: str, out_dir: str, layout: str,
 
   split_dir = os.path.join(out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
+  _remove_stale_tmp(split_dir)
   scratch = _Scratch(os.path.join(split_dir, f".tfds-frames.tmp-{os.getpid()}"))
   try:
     tf_logger = logging.getLogger("tensorflow")

@@ -97,6 +97,28 @@ def test_repack_from_tfds_trains_like_the_converter(tmp_path, monkeypatch, capsy
 
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   manual = _build_minik(tmp_path)
+  # Interrupted after its first shard: no manifest, no scratch or temporary file left.
+  from data_prep import tfds_repack
+  calls = []
+
+  def interrupted(*args):
+    if calls:
+      raise KeyboardInterrupt
+    calls.append(args)
+    return write_shard(*args)
+
+  write_shard = tfds_repack.write_shard
+  monkeypatch.setattr(tfds_repack, "write_shard", interrupted)
+  assert cli_main(["repack", "--from-tfds=reskd_minik", f"--tfds-data-dir={tmp_path / 'tfds'}",
+                   f"--out={tmp_path / 'cut'}", "--num-shards=2"]) == 130
+  assert sorted(os.listdir(tmp_path / "cut")) == ["train"]
+  assert sorted(os.listdir(tmp_path / "cut" / "train")) == [
+      "train-00000-of-00002.frames", "train-00000-of-00002.tfrecord"]
+  monkeypatch.setattr(tfds_repack, "write_shard", write_shard)
+  # A killed run's scratch file (its process gone) is removed by the next run.
+  (tmp_path / "repacked" / "train").mkdir(parents=True)
+  stale = tmp_path / "repacked" / "train" / ".tfds-frames.tmp-999999999"
+  stale.write_bytes(b"x" * 10)
   assert cli_main(["repack", "--from-tfds=reskd_minik", f"--tfds-data-dir={tmp_path / 'tfds'}",
                    f"--out={tmp_path / 'repacked'}", "--num-shards=2"]) == 0
   for split, ann in (("train", "train_list.txt"), ("val", "val_list.txt")):
@@ -143,6 +165,8 @@ def test_repack_from_tfds_bad_input_is_one_line(tmp_path, capsys):
       (["--from-tfds=reskd_minik", f"--tfds-data-dir={tmp_path / 'missing'}"],
        f"--tfds-data-dir '{tmp_path / 'missing'}' does not exist"),
       (["--from-tfds=reskd_minik"], "--from-tfds needs --tfds-data-dir"),
+      ([f"--data-dir={tmp_path / 'empty'}", "--num-shards=2"],
+       "--tfds-data-dir and --num-shards go with --from-tfds"),
   ]
   for args, message in cases:
     assert cli_main(["repack", *args, f"--out={tmp_path / 'out'}"]) == 2, args
