@@ -33,6 +33,7 @@ import numpy as np
 from reskd_jax.data import records
 from reskd_jax.fileio import pid_alive, write_json_atomic
 
+from data_prep.converter import check_out_dir
 from data_prep.items import ConversionError
 from data_prep.repack import write_shard
 from data_prep.shards import assign, default_num_shards
@@ -170,6 +171,7 @@ def repack_tfds(name: str, tfds_data_dir: Optional[str], out_dir: str,
   input, before anything is written."""
   if layout not in records.LAYOUTS:
     raise ConversionError(f"unknown layout {layout!r} (known: {records.LAYOUTS})")
+  check_out_dir(out_dir)
   builder = open_builder(name, tfds_data_dir)
   if os.path.exists(os.path.join(out_dir, records.MANIFEST)):
     raise ConversionError(f"{out_dir!r} already holds a data set ({records.MANIFEST})")

@@ -168,8 +168,11 @@ def test_repack_from_tfds_bad_input_is_one_line(tmp_path, capsys):
       ([f"--data-dir={tmp_path / 'empty'}", "--num-shards=2"],
        "--tfds-data-dir and --num-shards go with --from-tfds"),
   ]
+  (tmp_path / "a_file").write_text("")
+  cases.append((["--from-tfds=reskd_minik", f"--tfds-data-dir={tmp_path / 'empty'}",
+                 f"--out={tmp_path / 'a_file'}"], "is a file, not a directory"))
   for args, message in cases:
-    assert cli_main(["repack", *args, f"--out={tmp_path / 'out'}"]) == 2, args
+    assert cli_main(["repack", f"--out={tmp_path / 'out'}", *args]) == 2, args
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, (args, err)
   assert not (tmp_path / "out").exists()
