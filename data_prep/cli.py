@@ -16,6 +16,7 @@ from data_prep.demo_data import prepare_demo
 from data_prep.encode import ConvertOptions
 from data_prep.items import ConversionError
 from data_prep.repack import repack
+from data_prep.tfds_repack import repack_tfds
 
 DESCRIPTION = """\
 Convert a video data set to the layout read by reskd_jax (<out>/manifest.json,
@@ -182,15 +183,47 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--num-test", type=_positive_int, default=400)
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--workers", type=_positive_int, default=None)
-  rp = subs.add_parser("repack", help="rewrite a converted data set in another stored layout",
+  rp = subs.add_parser("repack", help="rewrite a converted data set in another stored layout, "
+                                      "or a TFDS/Beam build in the one training reads",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=textwrap.dedent("""\
       Rewrites the data set at --data-dir (e.g. one converted before the frames layout) into
       a new directory --out in --layout, copying the JPEGs as they are (nothing is decoded):
-      same classes, splits, shards and video order."""))
-  rp.add_argument("--data-dir", required=True, help="converted data set (holds manifest.json)")
+      same classes, splits, shards and video order.
+
+      With --from-tfds=NAME[/CONFIG] --tfds-data-dir=DIR instead, rewrites a data set built
+      by the TFDS builders of data_prep/tfds_builders.py (locally, or with Apache Beam: the
+      beam config) in --layout, copying its JPEGs as they are. Classes: the builder's label
+      names. Splits: TFDS train -> train, validation -> val, test -> test (the names
+      `python -m data_prep --split` and the training configs use; others kept). Videos are
+      sorted by video id and sent to shards as the converter does (--num-shards,
+      --shuffle-seed): the result equals what `python -m data_prep` writes from a list of
+      the same videos in video-id order. Each split's JPEGs pass through a scratch file in
+      --out (removed at the end)."""),
+                       epilog=textwrap.dedent("""\
+      examples:
+        python -m data_prep repack --data-dir=data/old --out=data/new
+        python -m data_prep repack --from-tfds=reskd_kinetics400/beam \\
+            --tfds-data-dir=gs://bucket/tfds --out=data/k400
+      An interrupted run leaves no manifest.json: rerun the same command."""))
+  source = rp.add_mutually_exclusive_group(required=True)
+  source.add_argument("--data-dir", help="converted data set (holds manifest.json)")
+  source.add_argument("--from-tfds", metavar="NAME[/CONFIG]",
+                      help="a built TFDS data set of data_prep.tfds_builders, e.g. "
+                           "reskd_minik or reskd_kinetics400/beam")
+  rp.add_argument("--tfds-data-dir", metavar="DIR",
+                  help="with --from-tfds: the data directory it was built in (tfds build "
+                       "--data_dir)")
   rp.add_argument("--out", required=True, help="new directory for the repacked data set")
   rp.add_argument("--layout", choices=LAYOUTS, default=LAYOUT_FRAMES)
-  rp.add_argument("--splits", default=None, help="comma list (default: every split)")
+  rp.add_argument("--splits", default=None,
+                  help="comma list (default: every split; with --from-tfds, TFDS or written "
+                       "names: validation or val)")
+  rp.add_argument("--num-shards", type=_positive_int, default=None,
+                  help="with --from-tfds: shards per split (default: one per 100 videos)")
+  rp.add_argument("--shuffle-seed", type=int, default=0,
+                  help="with --from-tfds: seed of the video-to-shard permutation (default 0, "
+                       "as the converter's)")
   return parser
 
 
@@ -207,8 +240,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"demo data set ready: {records}")
       return 0
     if args.format == "repack":
-      repack(args.data_dir, args.out, args.layout,
-             splits=args.splits.split(",") if args.splits else None)
+      splits = args.splits.split(",") if args.splits else None
+      if args.from_tfds:
+        repack_tfds(args.from_tfds, args.tfds_data_dir, args.out, args.layout, splits=splits,
+                    num_shards=args.num_shards, shuffle_seed=args.shuffle_seed)
+      else:
+        if args.tfds_data_dir or args.num_shards:
+          raise ConversionError("--tfds-data-dir and --num-shards go with --from-tfds; "
+                                "repack --data-dir keeps the data set's shards")
+        repack(args.data_dir, args.out, args.layout, splits=splits)
       return 0
     options = ConvertOptions(short_side=args.short_side, jpeg_quality=args.jpeg_quality,
                              frame_stride=args.frame_stride, fps=args.fps,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from reskd_jax.data import records
 from reskd_jax.fileio import write_json_atomic
@@ -47,7 +47,8 @@ def repack(data_dir: str, out_dir: str, layout: str = records.LAYOUT_FRAMES,
       raise ConversionError(f"split {split!r} is not in {data_dir!r}")
     entry = manifest["splits"][split]
     old_layout = records.split_layout(entry)
-    new = dict(entry, layout=layout, shards=[], shard_bytes=[], shard_sizes=[])
+    new = dict(entry, layout=layout, shards=[], shard_bytes=[], shard_sizes=[],
+               shard_sha256=[])
     new.pop("frames_bytes", None)
     if layout == records.LAYOUT_FRAMES:
       new["frames_bytes"] = []
@@ -59,30 +60,14 @@ def repack(data_dir: str, out_dir: str, layout: str = records.LAYOUT_FRAMES,
                   if os.path.isfile(p)), None)
       if src is None:
         raise ConversionError(f"shard {name!r} of split {split!r} not found in {data_dir!r}")
-      dst = os.path.join(out_dir, split, os.path.basename(name))
-      tmp = f"{dst}.tmp-{os.getpid()}"
-      tmp_frames = f"{records.frames_path(dst)}.tmp-{os.getpid()}"
-      count = 0
-      try:
-        with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
-          for video in records.iter_videos(src, old_layout):
-            if len(video["frames"]) != video["num_frames"] or not video["frames"]:
-              raise ConversionError(f"{src}: video {video['video_id']} holds "
-                                    f"{len(video['frames'])} frames, its record says "
-                                    f"{video['num_frames']}")
-            writer.write(video["video_id"], video["frames"], video["labels"],
-                         video["label_names"], video["height"], video["width"])
-            count += 1
-      except ValueError as e:  # a frame failing its CRC-32
-        raise ConversionError(str(e)) from None
-      if layout == records.LAYOUT_FRAMES:
-        new["frames_bytes"].append(file_digest(tmp_frames)[0])
-        os.replace(tmp_frames, records.frames_path(dst))
-      new["shard_bytes"].append(file_digest(tmp)[0])
-      os.replace(tmp, dst)
+      written = write_shard(os.path.join(out_dir, split, os.path.basename(name)), layout,
+                            _checked(src, old_layout))
+      for key, value in written.items():
+        if key != "num_videos":
+          new[key].append(value)
       new["shards"].append(os.path.basename(name))
-      new["shard_sizes"].append(count)
-      log(f"  [{split}] {os.path.basename(name)}: {count} videos")
+      new["shard_sizes"].append(written["num_videos"])
+      log(f"  [{split}] {os.path.basename(name)}: {written['num_videos']} videos")
     if sum(new["shard_sizes"]) != int(entry.get("num_videos", sum(new["shard_sizes"]))):
       raise ConversionError(f"split {split!r} of {data_dir!r} holds {sum(new['shard_sizes'])} "
                             f"videos, its manifest says {entry['num_videos']}")
@@ -90,3 +75,46 @@ def repack(data_dir: str, out_dir: str, layout: str = records.LAYOUT_FRAMES,
   write_json_atomic(os.path.join(out_dir, records.MANIFEST), out, indent=1)
   log(f"repacked {len(names)} split(s) of {data_dir} into {out_dir} ({layout} layout)")
   return out
+
+
+def _checked(src: str, layout: str) -> Iterator[dict]:
+  """The videos of shard `src`, each checked to hold the frames its record declares."""
+  try:
+    for video in records.iter_videos(src, layout):
+      if len(video["frames"]) != video["num_frames"] or not video["frames"]:
+        raise ConversionError(f"{src}: video {video['video_id']} holds "
+                              f"{len(video['frames'])} frames, its record says "
+                              f"{video['num_frames']}")
+      yield video
+  except ValueError as e:  # a frame failing its CRC-32
+    raise ConversionError(str(e)) from None
+
+
+def write_shard(dst: str, layout: str, videos: Iterable[dict]) -> dict:
+  """Writes `videos` (dicts as `records.iter_videos` yields them) as the shard `dst` in
+  `layout`, under temporary names renamed when complete (its `.frames` file first, the
+  records last, as the converter does), so an interrupted run leaves no shard that looks
+  finished. Returns the shard's manifest values: num_videos, shard_bytes, shard_sha256
+  and (layout "frames") frames_bytes."""
+  tmp = f"{dst}.tmp-{os.getpid()}"
+  tmp_frames = f"{records.frames_path(dst)}.tmp-{os.getpid()}"
+  count = 0
+  try:
+    with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
+      for video in videos:
+        writer.write(video["video_id"], video["frames"], video["labels"],
+                     video["label_names"], video["height"], video["width"])
+        count += 1
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    size, sha256 = file_digest(tmp)
+    out = {"num_videos": count, "shard_bytes": size, "shard_sha256": sha256}
+    if layout == records.LAYOUT_FRAMES:
+      out["frames_bytes"] = file_digest(tmp_frames)[0]
+      os.replace(tmp_frames, records.frames_path(dst))
+    os.replace(tmp, dst)
+    return out
+  finally:
+    for path in (tmp, tmp_frames):
+      if os.path.exists(path):
+        os.remove(path)

@@ -10,10 +10,11 @@ Features: video_id (text), frames (a sequence of JPEG images, short side
 SHORT_SIDE, at most MAX_FRAMES of them when set), label (single-label sets) or
 labels (multi-label sets).
 
-These are TFDS data sets for TFDS users: one example per video in TFDS's own
-files. `reskd_jax.data.pipeline` reads what `python -m data_prep` writes
-(the "frames" layout of `reskd_jax.data.records`, which reads only the sampled
-frames of a video), not these.
+These are TFDS data sets: one example per video in TFDS's own files.
+`reskd_jax.data.pipeline` reads the "frames" layout of `reskd_jax.data.records`
+(only the sampled frames of a video are read); `python -m data_prep repack
+--from-tfds=reskd_minik --tfds-data-dir=DIR --out=data/minik` rewrites a build
+in it, JPEGs copied as they are (`data_prep.tfds_repack`).
 
 (The `tfds` command of tensorflow-datasets 4.9.10 needs apache-beam installed even
 to start; `tfds.builder(...).download_and_prepare(download_config=

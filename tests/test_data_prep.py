@@ -240,7 +240,8 @@ def test_layouts_and_repack(tmp_path, capsys):
                    f"--out={tmp_path / 'repacked'}"]) == 0
   assert videos(tmp_path / "repacked") == want
   repacked = json.loads((tmp_path / "repacked" / "manifest.json").read_text())
-  for key in ("layout", "shards", "shard_sizes", "shard_bytes", "frames_bytes", "num_videos"):
+  for key in ("layout", "shards", "shard_sizes", "shard_bytes", "frames_bytes", "num_videos",
+              "shard_sha256"):
     assert repacked["splits"]["train"][key] == new["splits"]["train"][key], key
   for name in new["splits"]["train"]["shards"]:
     for path in (name, frames_path(name)):

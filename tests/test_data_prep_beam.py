@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 import data_prep.tfds_builders  # noqa: F401  registers the builders
 from data_prep import ConvertOptions, convert_format
+from data_prep.cli import main as cli_main
 from data_helpers import make_frames, put_video, read_records
 
 CLASSES = ["abseiling", "zumba"]
@@ -69,3 +70,16 @@ def test_beam_direct_runner_equals_local_builder_and_converter(tmp_path, monkeyp
     for vid, (labels, frames) in records.items():
       assert labels == (from_beam[vid][0],), vid
       np.testing.assert_array_equal(frames, from_beam[vid][1], err_msg=vid)
+
+  # `repack --from-tfds` turns the Beam build into the layout training reads: the same
+  # videos, labels and frames as the converter's (split validation written as val).
+  assert cli_main(["repack", "--from-tfds=reskd_minik/beam", f"--tfds-data-dir={tmp_path / 'beam'}",
+                   f"--out={tmp_path / 'from_beam'}"]) == 0
+  for split in ("train", "val"):
+    _, want = read_records(str(tmp_path / "records"), split)
+    manifest, got = read_records(str(tmp_path / "from_beam"), split)
+    assert manifest["classes"] == CLASSES
+    assert sorted(got) == sorted(want)
+    for vid, (labels, frames) in want.items():
+      assert got[vid][0] == labels, vid
+      np.testing.assert_array_equal(got[vid][1], frames, err_msg=vid)
