@@ -78,11 +78,17 @@ def test_gradient_reaches_student_never_teacher():
   gs, gt = jax.grad(losses.pixel_feature_kd, argnums=(0, 1))(s, t)
   assert float(jnp.abs(gs).max()) > 0.0
   assert float(jnp.abs(gt).max()) == 0.0
-  for fn, shape in [(losses.clip_kd, (2, 5)), (losses.frame_kd, (2, 3, 5)),
-                    (losses.pixel_logit_kd, (2, 3, 2, 2, 5))]:
+  # The KL's gradient towards the teacher's distribution: T (softmax(s/T) - softmax(t/T)) over
+  # the number of averaged rows (clips; clips x frames), or over every element (pixel-level,
+  # PyTorch's reduction="mean"; equal maps, so no resize).
+  for fn, shape, temp, count in [(losses.clip_kd, (2, 5), 1.0, 2),
+                                 (losses.frame_kd, (2, 3, 5), 1.0, 6),
+                                 (losses.pixel_logit_kd, (2, 3, 2, 2, 5), 4.0, 120)]:
     a, b = jnp.asarray(_rand(shape, 8)), jnp.asarray(_rand(shape, 9))
     ga, gb = jax.grad(fn, argnums=(0, 1))(a, b)
-    assert float(jnp.abs(ga).max()) > 0.0, fn.__name__
+    want = temp * (jax.nn.softmax(a / temp) - jax.nn.softmax(b / temp)) / count
+    np.testing.assert_allclose(ga, want, atol=1e-6, err_msg=fn.__name__)
+    assert float(jnp.abs(ga).max()) > 1e-3, fn.__name__  # the comparison above means something
     assert float(jnp.abs(gb).max()) == 0.0, fn.__name__
 
 

@@ -268,10 +268,26 @@ def test_gflops_match_table3_and_attention_is_separate():
   model = build_model("swin_s", 400)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
                              jax.ShapeDtypeStruct((1, 2, 32, 32, 3), jnp.float32))
+  backbone = model.backbone
+  assert (backbone.embed_dim, backbone.depths, backbone.window_size, backbone.patch_size) == (
+      96, (2, 2, 18, 2), (8, 7, 7), (2, 4, 4))
+
+  def attention_gmacs(resolution):
+    """q k^T and (attention) v: 2 L n C multiply-adds per block for L tokens in windows of n
+    (a window no larger than the map); PatchMerging halves H and W (rounding up)."""
+    d, side, macs = 32 // 2, resolution // 4, 0
+    for stage, depth in enumerate(backbone.depths):
+      n = min(8, d) * min(7, side) ** 2
+      macs += depth * 2 * (d * side * side) * n * (96 * 2**stage)
+      side = (side + 1) // 2
+    return macs / 1e9
+
   for resolution, paper in ((224, 1639.0), (112, 421.0)):
     row = gflops.video_gflops(model, variables, 32, resolution, with_xla=False)
     assert abs(12 * row["gflops"] - paper) / paper < 0.01
-    assert 0.1 < row["attention_gflops"] / row["gflops"] < 0.5
+    # Counted apart (not in "gflops") and exactly: at 112 px the last stage's 4x4 map gets a
+    # 4x4 window (n = 128, not 392).
+    assert row["attention_gflops"] == pytest.approx(attention_gmacs(resolution), rel=1e-9)
 
 
 def test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file(tmp_path, capsys):

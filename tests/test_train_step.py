@@ -99,10 +99,17 @@ def test_teacher_is_bit_identical_after_many_steps_and_state_is_donated():
   fn = train_step.shard_train_step(step, mesh)
   batch = _batch(seed=2)
   first_params = jax.tree.map(np.array, state.params)
+  given = []
   for i in range(5):
+    given.append(state)
     state, _ = fn(state, tvars, batch, jax.random.key(i))
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, tvars), before)
   assert int(state.step) == 5
+  # Donated: each step's input state (once it lives on the mesh, from step 2 on) is freed,
+  # not kept beside the new one; the teacher, not donated, stays.
+  for old in given[1:]:
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.params)), "not donated"
+  assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(tvars))
   # The student did change.
   assert any(not np.array_equal(a, np.asarray(b))
              for a, b in zip(jax.tree.leaves(first_params), jax.tree.leaves(state.params)))
