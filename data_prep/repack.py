@@ -12,12 +12,13 @@ repack leaves no data set that looks complete (rerun it).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from typing import Callable, Optional, Sequence
 
 from reskd_jax.data import records
-from reskd_jax.fileio import write_json_atomic
+from reskd_jax.fileio import atomic_path, write_json_atomic
 
 from data_prep.items import ConversionError
 from data_prep.shards import file_digest
@@ -60,26 +61,26 @@ def repack(data_dir: str, out_dir: str, layout: str = records.LAYOUT_FRAMES,
       if src is None:
         raise ConversionError(f"shard {name!r} of split {split!r} not found in {data_dir!r}")
       dst = os.path.join(out_dir, split, os.path.basename(name))
-      tmp = f"{dst}.tmp-{os.getpid()}"
-      tmp_frames = f"{records.frames_path(dst)}.tmp-{os.getpid()}"
+      frames = records.frames_path(dst) if layout == records.LAYOUT_FRAMES else None
       count = 0
-      try:
-        with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
-          for video in records.iter_videos(src, old_layout):
-            if len(video["frames"]) != video["num_frames"] or not video["frames"]:
-              raise ConversionError(f"{src}: video {video['video_id']} holds "
-                                    f"{len(video['frames'])} frames, its record says "
-                                    f"{video['num_frames']}")
-            writer.write(video["video_id"], video["frames"], video["labels"],
-                         video["label_names"], video["height"], video["width"])
-            count += 1
-      except ValueError as e:  # a frame failing its CRC-32
-        raise ConversionError(str(e)) from None
-      if layout == records.LAYOUT_FRAMES:
-        new["frames_bytes"].append(file_digest(tmp_frames)[0])
-        os.replace(tmp_frames, records.frames_path(dst))
-      new["shard_bytes"].append(file_digest(tmp)[0])
-      os.replace(tmp, dst)
+      # the frames file is moved into place first, the shard last (atomic_path)
+      with atomic_path(dst) as tmp:
+        with (atomic_path(frames) if frames else contextlib.nullcontext()) as tmp_frames:
+          try:
+            with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
+              for video in records.iter_videos(src, old_layout):
+                if len(video["frames"]) != video["num_frames"] or not video["frames"]:
+                  raise ConversionError(f"{src}: video {video['video_id']} holds "
+                                        f"{len(video['frames'])} frames, its record says "
+                                        f"{video['num_frames']}")
+                writer.write(video["video_id"], video["frames"], video["labels"],
+                             video["label_names"], video["height"], video["width"])
+                count += 1
+          except ValueError as e:  # a frame failing its CRC-32
+            raise ConversionError(str(e)) from None
+          if frames:
+            new["frames_bytes"].append(file_digest(tmp_frames)[0])
+        new["shard_bytes"].append(file_digest(tmp)[0])
       new["shards"].append(os.path.basename(name))
       new["shard_sizes"].append(count)
       log(f"  [{split}] {os.path.basename(name)}: {count} videos")

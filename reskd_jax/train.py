@@ -36,7 +36,7 @@ from reskd_jax import runlog, train_step, train_utils, workdir as workdir_lib
 from reskd_jax.config_checks import EVAL_METRICS
 from reskd_jax.data import clips, pipeline, shard_check, transfer
 from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.fileio import read_json, recover, write_json_atomic
 
 # Older names of the workdir's files (see reskd_jax.workdir).
 RESULTS_FILE = workdir_lib.RESULTS
@@ -99,7 +99,7 @@ def _steps(config, info) -> Tuple[int, int]:
 
 def read_best(workdir: str) -> Dict[str, Any]:
   """The best record, read from inside ``best_variables`` (where it changes atomically)."""
-  checkpoints.recover_interrupted_swap(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
+  recover(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
   inside = os.path.join(workdir, workdir_lib.BEST_VARIABLES, workdir_lib.BEST)
   best = read_json(inside) if os.path.isfile(inside) else None
   if best is None:  # workdirs of older versions kept it at the top level

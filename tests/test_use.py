@@ -189,6 +189,51 @@ def test_export_loader_needs_no_tensorflow_or_model_code(run_dir, tmp_path):
   assert out == {"shape": [2, 3], "heavy": []}
 
 
+def test_export_replacing_a_saved_model_never_leaves_none(run_dir, tmp_path, monkeypatch):
+  """Killed while the new SavedModel takes the old one's place: the old one is still there,
+  set aside, and comes back (fileio.recover, also run by the next export). The TF save is
+  replaced by a stand-in writing one file: the replacement is what is tested."""
+  import tensorflow as tf
+
+  from reskd_jax import fileio
+
+  model = inference.load(run_dir)
+  out_dir = str(tmp_path / "exported")
+  target = os.path.join(out_dir, export.SAVED_MODEL_DIR)
+
+  def fake_save(version):
+    def save(module, path, signatures=None):
+      os.makedirs(path)
+      with open(os.path.join(path, "version"), "w") as f:
+        f.write(version)
+    return save
+
+  def version():
+    with open(os.path.join(target, "version")) as f:
+      return f.read()
+
+  monkeypatch.setattr(tf.saved_model, "save", fake_save("old"))
+  export.export_directory(model, out_dir, platforms=["cpu"], log=lambda m: None)
+  assert version() == "old"
+
+  def killed_into(real):
+    def move(src, dst):
+      if dst == target:
+        raise KeyboardInterrupt("killed")
+      return real(src, dst)
+    return move
+
+  monkeypatch.setattr(tf.saved_model, "save", fake_save("new"))
+  monkeypatch.setattr(os, "rename", killed_into(os.rename))
+  monkeypatch.setattr(os, "replace", killed_into(os.replace))
+  with pytest.raises(KeyboardInterrupt):
+    export.export_directory(model, out_dir, platforms=["cpu"], log=lambda m: None)
+  monkeypatch.undo()
+  fileio.recover(target)
+  assert version() == "old"
+  assert not [n for n in os.listdir(out_dir) if ".tmp-" in n or ".old-" in n]
+
+
 def test_predict_hints_classes_and_best_variables(run_dir, videos, tmp_path, capsys):
   """Converted weights without class names: a hint about --classes; a workdir with only
   best_variables/ (an unfinished run): the error names it."""
