@@ -40,16 +40,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reskd_jax import fileio, meta as meta_lib, train_utils, workdir as workdir_lib
+from reskd_jax import fileio, meta as meta_lib, models, train_utils, workdir as workdir_lib
 from reskd_jax.errors import CheckpointError
 
-META_FILE = meta_lib.FILE
 ORBAX_DIR = "orbax"
-VARIABLES_SUBDIR = workdir_lib.VARIABLES
 CHECKSUMS_FILE = "checksums.json"
 UNUSABLE_DIR = "checkpoints_unusable"
 COLLECTIONS = ("params", "batch_stats")
-HEAD_NAME = "fc"  # top-level classifier module of models.VideoClassifier
 
 
 def _jsonable(value):
@@ -115,7 +112,7 @@ def save_variables(path: str, variables: Mapping[str, Any],
       meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
       meta["num_parameters"] = int(sum(np.size(x)
                                        for x in jax.tree_util.tree_leaves(tree["params"])))
-      fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
+      fileio.write_json_atomic(os.path.join(tmp, meta_lib.FILE), meta)
       for name, payload in (extra_json or {}).items():
         fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
   except Exception as e:  # noqa: BLE001 (disk full, file-size limit, unwritable directory)
@@ -130,12 +127,12 @@ def resolve_variables_dir(path: str) -> str:
   """The variables directory for ``path``: ``path`` itself or ``path/variables``."""
   path = os.fspath(path)
   fileio.recover(path)
-  fileio.recover(os.path.join(path, VARIABLES_SUBDIR))
+  fileio.recover(os.path.join(path, workdir_lib.VARIABLES))
   if not os.path.exists(path):
     raise FileNotFoundError(f"no such checkpoint directory: {path!r}")
   if os.path.isdir(os.path.join(path, ORBAX_DIR)):
     return path
-  sub = os.path.join(path, VARIABLES_SUBDIR)
+  sub = os.path.join(path, workdir_lib.VARIABLES)
   if os.path.isdir(os.path.join(sub, ORBAX_DIR)):
     return sub
   if os.path.isfile(path) and path.endswith((".pth", ".pt", ".pkl")):
@@ -166,7 +163,7 @@ def load_variables(path: str) -> Dict[str, Any]:
 def load_metadata(path: str) -> Dict[str, Any]:
   """The ``meta.json`` of a variables directory (or of ``workdir/variables``)."""
   directory = resolve_variables_dir(path)
-  meta_path = os.path.join(directory, META_FILE)
+  meta_path = os.path.join(directory, meta_lib.FILE)
   if not os.path.exists(meta_path):
     return {}
   with open(meta_path) as f:
@@ -194,8 +191,8 @@ def _unflatten(flat):
 
 
 def _is_head(key) -> bool:
-  # (collection, "fc", ...): the classifier of models.VideoClassifier.
-  return len(key) > 1 and key[1] == HEAD_NAME
+  # (collection, head, ...): the classifier, the same module in every family.
+  return len(key) > 1 and key[1] == models.HEAD_NAME
 
 
 def _fmt(keys, limit=20):

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import losses, meta as meta_lib, models, train_step, train_utils
+from reskd_jax import losses, meta as meta_lib, models, train_utils
 from reskd_jax.data import clips
 from reskd_jax.errors import CheckpointError, ConfigError
 
+MODES = ("teacher", "baseline", "reskd")  # config.mode: what a run trains
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
 # Settings a resumed run must share with the run that wrote its checkpoints.
 RESUME_PREFIXES = ("model.", "teacher.", "data.")
@@ -39,14 +40,18 @@ def compute_dtype(name: str):
   return jnp.float32 if name == "float32" else jnp.bfloat16
 
 
+def check_mode(mode: str, kd_method: str) -> None:
+  """``config.mode`` and, for ResKD, ``config.kd_method`` (also checked by the train step)."""
+  if mode not in MODES:
+    raise ConfigError(f"config.mode={mode!r}: expected one of {MODES}")
+  if mode == "reskd" and kd_method not in losses.KD_METHODS:
+    raise ConfigError(f"config.kd_method={kd_method!r}: expected one of {losses.KD_METHODS}")
+
+
 def check_config(config) -> None:
   """Start-up checks of the keys a run cannot recover from later."""
-  if config.mode not in train_step.MODES:
-    raise ConfigError(f"config.mode={config.mode!r}: expected one of {train_step.MODES}")
+  check_mode(config.mode, config.kd_method)
   if config.mode == "reskd":
-    if config.kd_method not in losses.KD_METHODS:
-      raise ConfigError(f"config.kd_method={config.kd_method!r}: expected one of "
-                        f"{losses.KD_METHODS}")
     if not config.teacher.checkpoint:
       raise ConfigError("config.teacher.checkpoint is empty: ResKD needs a trained teacher "
                         "(a teacher run's workdir or a directory written by "

@@ -21,10 +21,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reskd_jax import augment, losses
+from reskd_jax import augment, config_checks, losses
 
 AXIS = "data"
-MODES = ("teacher", "baseline", "reskd")
 
 
 @flax.struct.dataclass
@@ -62,13 +61,10 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
   (the teacher's crop) and ``label`` int32 ``(b,)``. Must run inside a
   ``shard_map`` (or any context) where the ``"data"`` axis is bound.
   """
-  if mode not in MODES:
-    raise ValueError(f"config.mode={mode!r}: expected one of {MODES}")
+  config_checks.check_mode(mode, kd_method)
   use_kd = mode == "reskd"
   if use_kd and teacher is None:
     raise ValueError("config.mode='reskd' needs a teacher model")
-  if use_kd and kd_method not in losses.KD_METHODS:
-    raise ValueError(f"config.kd_method={kd_method!r}: expected one of {losses.KD_METHODS}")
 
   def step(state: TrainState, teacher_vars, batch, rng):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reskd_jax import augment, checkpoints, models
+from reskd_jax import augment, checkpoints, models, workdir as workdir_lib
 from reskd_jax.tools import erf, export, exported, inference, predict, visualize
 
 CLASSES = ("red", "green", "blue")
@@ -68,7 +68,7 @@ def run_dir(tmp_path_factory):
   params = jax.tree.map(np.asarray, dict(variables["params"]))
   params["fc"] = {"kernel": solution[:-1].astype(np.float32),
                   "bias": solution[-1].astype(np.float32)}
-  path = str(root / "run" / checkpoints.VARIABLES_SUBDIR)
+  path = str(root / "run" / workdir_lib.VARIABLES)
   checkpoints.save_variables(path, {"params": params, "batch_stats": variables["batch_stats"]},
                             META)
   return str(root / "run")
@@ -138,6 +138,20 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["errors"] == [] and out["results"][0]["num_frames"] == 5
   assert out["results"][0]["top"][0]["class"] == "blue"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"sampling": "uniform"}, "test transform.sampling='uniform': expected 'tsn' or 'dense'"),
+    ({"test_num_crops": 2}, "test transform.test_num_crops=2: expected 1"),
+    ({"num_frames": 0}, "test transform.num_frames=0: must be at least 1"),
+    ({"crop_size": 300}, "test transform.crop_size=300 is larger than test transform.short_side"),
+])
+def test_test_transform_is_checked_like_config_data(override, needle):
+  """The same checks (data.clips.check_clip_config) as config.data at start-up."""
+  assert inference.transform_config(META)["crop_size"] == CROP
+  with pytest.raises(ValueError) as e:
+    inference.transform_config(META, override)
+  assert needle in str(e.value)
 
 
 def test_export_then_load_matches_the_model(run_dir, videos, tmp_path):

@@ -153,7 +153,6 @@ def export_directory(model: inference.TrainedModel, output: str, *,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from reskd_jax.tools import inference
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   p = argparse.ArgumentParser(prog="python -m reskd_jax.tools.export",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,

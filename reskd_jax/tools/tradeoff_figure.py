@@ -21,13 +21,10 @@ from typing import Any, Dict, List
 from reskd_jax import workdir as workdir_lib
 from reskd_jax.tools import plots
 
-RESULTS = workdir_lib.RESULTS
-
-
 def read_results(workdir: str) -> Dict[str, Any]:
-  path = os.path.join(workdir, RESULTS)
+  path = os.path.join(workdir, workdir_lib.RESULTS)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} has no {RESULTS} (has the run finished its "
+    raise FileNotFoundError(f"{workdir!r} has no {workdir_lib.RESULTS} (has the run finished its "
                             f"final evaluation?)")
   with open(path) as f:
     try:
