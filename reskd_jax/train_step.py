@@ -4,10 +4,11 @@ Each step is a per-device function with named-axis collectives
 (``lax.pmean`` over ``"data"``), wrapped in ``jax.jit(jax.shard_map(...))``
 over a mesh of all devices: pmap's programming model in its current form.
 
-The method itself is three lines of ``_student_loss``: run the frozen
-teacher on the high-resolution crop (BatchNorm in train mode, no gradient),
-run the student on the same crop resized inside the model, and add
-``kd_weight * KD(student, teacher)`` to the cross-entropy.
+The method itself is a few lines of :func:`make_train_step`'s ``step`` and
+its ``loss_fn``: run the frozen teacher on the high-resolution crop
+(BatchNorm in train mode, no gradient), run the student on the same crop
+resized inside the model, and add ``kd_weight * KD(student, teacher)`` to the
+cross-entropy.
 """
 
 from __future__ import annotations

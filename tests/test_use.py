@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reskd_jax import augment, checkpoints, models, workdir as workdir_lib
+from reskd_jax import augment, checkpoints, meta as meta_lib, models, workdir as workdir_lib
 from reskd_jax.tools import erf, export, exported, inference, predict, visualize
 
 CLASSES = ("red", "green", "blue")
@@ -146,6 +146,15 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
     ({"num_frames": 0}, "test transform.num_frames=0: must be at least 1"),
     ({"crop_size": 300}, "test transform.crop_size=300 is larger than test transform.short_side"),
 ])
+def test_default_transform_is_the_default_config_s():
+  """The transform of weights without a recorded one: configs/default.py's test keys."""
+  from configs import default
+
+  data = default.get_data_config()
+  assert sorted(inference.DEFAULT_TRANSFORM) == sorted(meta_lib.TEST_TRANSFORM_KEYS)
+  assert inference.DEFAULT_TRANSFORM == {k: data[k] for k in meta_lib.TEST_TRANSFORM_KEYS}
+
+
 def test_test_transform_is_checked_like_config_data(override, needle):
   """The same checks (data.clips.check_clip_config) as config.data at start-up."""
   assert inference.transform_config(META)["crop_size"] == CROP

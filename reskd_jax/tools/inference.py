@@ -25,13 +25,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reskd_jax import augment, checkpoints, models, train_step
+from reskd_jax import augment, checkpoints, meta as meta_lib, models, train_step
 from reskd_jax.data import clips, records
 from reskd_jax.errors import CheckpointError, ConfigError
 from reskd_jax.fileio import read_json
 from reskd_jax.tools import exported
 
-# Test transform of a run whose meta.json does not say (e.g. converted weights).
+# Test transform of a run whose meta.json does not say (e.g. converted weights): the keys
+# the trainer records (meta.TEST_TRANSFORM_KEYS) at configs/default.py's values.
 DEFAULT_TRANSFORM = {
     "sampling": "tsn", "num_frames": 8, "clip_len": 8, "frame_interval": 8,
     "short_side": 256, "crop_size": 224, "test_num_clips": 1, "test_num_crops": 1,
@@ -113,10 +114,10 @@ def transform_config(meta: Mapping[str, Any],
     data["num_frames"] = int(meta["num_segments"])
   data.update(meta.get("data") or {})
   data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-  unknown = sorted(set(data) - set(DEFAULT_TRANSFORM))
+  unknown = sorted(set(data) - set(meta_lib.TEST_TRANSFORM_KEYS))
   if unknown:
     raise ConfigError(f"unknown test transform key(s) {unknown}; expected "
-                      f"{sorted(DEFAULT_TRANSFORM)}")
+                      f"{sorted(meta_lib.TEST_TRANSFORM_KEYS)}")
   data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
   data = ml_collections.ConfigDict(data)
   clips.check_clip_config(data, "test transform")
