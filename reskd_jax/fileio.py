@@ -3,18 +3,19 @@
 :func:`pid_alive` tells whether the process that wrote a lock, claim or
 temporary file (its pid in the name or content) still runs on this host.
 
-Every file or directory the project writes for others to read appears through
-:func:`atomic_path`: it is written under a temporary name beside its final
-one (``<path>.tmp-<pid>``) and moved into place only when complete, so a
-reader, or a rerun after a kill, sees the old version or the new one, never
-half of one. A file replaces its predecessor in one ``os.replace``; a
-directory cannot replace a non-empty one that way, so the old one is first
-renamed aside (``<path>.old-<pid>``), the new one renamed in, and the old one
-deleted: at every instant one complete version exists under one of those two
-names. :func:`recover` (run by :func:`atomic_path` first, and by readers that
-may meet a crash's leftovers) puts an aside version back if the writer died
-before the new one was in place, and removes temporaries of dead writers.
-:func:`write_json_atomic` writes JSON that way.
+Every file or directory the project writes for a later run, another process or
+a user to read back (JSON records, variables, exports, shards, the demo's
+videos; not figures) appears through :func:`atomic_path`: it is written under
+a temporary name beside its final one (``<path>.tmp-<pid>``) and moved into
+place only when complete, so a reader, or a rerun after a kill, sees the old
+version or the new one, never half of one. A file replaces its predecessor in
+one ``os.replace``; a directory cannot replace a non-empty one that way, so
+the old one is first renamed aside (``<path>.old-<pid>``), the new one renamed
+in, and the old one deleted: at every instant one complete version exists
+under one of those two names. :func:`recover` (run by :func:`atomic_path`
+first, and by readers that may meet a crash's leftovers) puts an aside version
+back if the writer died before the new one was in place, and removes
+temporaries of dead writers. :func:`write_json_atomic` writes JSON that way.
 """
 
 from __future__ import annotations

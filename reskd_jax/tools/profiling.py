@@ -27,7 +27,6 @@ Weights are random: speed does not depend on them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax.errors import ConfigError
+from reskd_jax.fileio import atomic_path, write_json_atomic
 from reskd_jax.models import registry
 from reskd_jax.tools import flops
 
@@ -304,9 +304,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
       "paper_ratio_112_224": PAPER_RATIO_112_224,
       "rows": rows,
   }
-  with open(os.path.join(workdir, "profile.json"), "w") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(workdir, "profile.txt"), "w") as f:
+  write_json_atomic(os.path.join(workdir, "profile.json"), report, sort_keys=False)
+  with atomic_path(os.path.join(workdir, "profile.txt")) as tmp, open(tmp, "w") as f:
     f.write(text + "\n")
   return rows
