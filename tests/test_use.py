@@ -140,12 +140,6 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
   assert out["results"][0]["top"][0]["class"] == "blue"
 
 
-@pytest.mark.parametrize("override,needle", [
-    ({"sampling": "uniform"}, "test transform.sampling='uniform': expected 'tsn' or 'dense'"),
-    ({"test_num_crops": 2}, "test transform.test_num_crops=2: expected 1"),
-    ({"num_frames": 0}, "test transform.num_frames=0: must be at least 1"),
-    ({"crop_size": 300}, "test transform.crop_size=300 is larger than test transform.short_side"),
-])
 def test_default_transform_is_the_default_config_s():
   """The transform of weights without a recorded one: configs/default.py's test keys."""
   from configs import default
@@ -155,6 +149,12 @@ def test_default_transform_is_the_default_config_s():
   assert inference.DEFAULT_TRANSFORM == {k: data[k] for k in meta_lib.TEST_TRANSFORM_KEYS}
 
 
+@pytest.mark.parametrize("override,needle", [
+    ({"sampling": "uniform"}, "test transform.sampling='uniform': expected 'tsn' or 'dense'"),
+    ({"test_num_crops": 2}, "test transform.test_num_crops=2: expected 1"),
+    ({"num_frames": 0}, "test transform.num_frames=0: must be at least 1"),
+    ({"crop_size": 300}, "test transform.crop_size=300 is larger than test transform.short_side"),
+])
 def test_test_transform_is_checked_like_config_data(override, needle):
   """The same checks (data.clips.check_clip_config) as config.data at start-up."""
   assert inference.transform_config(META)["crop_size"] == CROP
