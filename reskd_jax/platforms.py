@@ -4,9 +4,9 @@ libtpu is installed by the ``tpu`` extra, also on CPU machines, where it only
 serves ``--mode=plan`` (compile-only TPU devices). There JAX would still try
 to start a TPU client at the first ``jax.devices()``, which costs start-up
 time (docs/benchmarks.md) and prints libtpu's errors about missing TPU hosts
-on stderr. Unless ``JAX_PLATFORMS`` is set, :func:`skip_absent_tpu` leaves the TPU out when no
-TPU chip is attached (JAX's own PCI check) and no NVIDIA GPU is visible; on a
-Cloud TPU VM or a GPU machine nothing changes.
+on stderr. Unless ``JAX_PLATFORMS`` is set, :func:`skip_absent_tpu` leaves
+the TPU out when no TPU chip is attached (JAX's own PCI check) and no NVIDIA
+GPU is visible; on a Cloud TPU VM or a GPU machine nothing changes.
 
 :func:`quiet_tensorflow` is the one place that silences TensorFlow's C++
 start-up lines by default.
