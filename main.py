@@ -38,11 +38,12 @@ if __name__ == "__main__":  # run as the program (an import, e.g. by a test, cha
   for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
-# Quiet by default: TensorFlow's C++ start-up lines only with --verbosity>=1 (read before
-# TensorFlow is first imported, in main()).
+# TensorFlow's C++ start-up lines with --verbosity>=1: set before reskd_jax is imported, which
+# otherwise silences them (platforms.quiet_tensorflow).
 _VERBOSE = any(a.split("=", 1)[-1].lstrip("-").isdigit() and int(a.split("=", 1)[1]) >= 1
                for a in sys.argv[1:] if a.startswith(("--verbosity=", "-v=")))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if _VERBOSE else "2")
+if _VERBOSE:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
 
 from absl import app
 from absl import flags

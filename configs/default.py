@@ -2,7 +2,11 @@
 
 Every number the training uses lives here; variants import this file and
 override what differs (flax `examples/imagenet` style). Values follow the
-authors' release (see README, "Faithfulness").
+authors' release (see README, "Faithfulness"). The package never reads this
+file: a tool that runs without a config keeps its own default, e.g. the test
+transform of converted weights that record none
+(`reskd_jax.tools.inference.DEFAULT_TRANSFORM`, equal to `get_data_config()`'s
+test keys below; tests/test_use.py checks that they agree).
 """
 
 import ml_collections

@@ -228,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # TensorFlow only writes records here (no maths): without oneDNN it also prints nothing at
   # import, so that an error stays the one line the user sees (workers inherit this).
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

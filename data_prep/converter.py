@@ -9,7 +9,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from reskd_jax.data.records import LAYOUT_FRAMES, MANIFEST, frames_path, shard_name
-from reskd_jax.fileio import pid_alive
+from reskd_jax.fileio import recover
 
 from data_prep import leaks, manifest
 from data_prep.annotations import read_annotations
@@ -224,12 +224,12 @@ def _remove_stale_shards(split_dir: str, split: str, keep: set, log):
                    frames_path(os.path.join(split_dir, name))):
         if os.path.exists(path):
           os.remove(path)
-  tmp = re.compile(r"\.?" + re.escape(split) + r"-\d{5}-of-\d{5}\.(tfrecord|tfrecord\.json|frames)"
-                   r"\.tmp-(\d+)")
+  tmp = re.compile(r"(\.?" + re.escape(split)
+                   + r"-\d{5}-of-\d{5}\.(tfrecord|tfrecord\.json|frames))\.tmp-\d+")
   for name in sorted(os.listdir(split_dir)):
     m = tmp.fullmatch(name)
-    if m and not pid_alive(int(m.group(2))):
-      os.remove(os.path.join(split_dir, name))
+    if m:  # temporaries of dead conversions, whatever their shard count
+      recover(os.path.join(split_dir, m.group(1)))
 
 
 def _unknown_labels_error(split: str, out: str, classes: Sequence[str],

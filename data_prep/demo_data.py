@@ -24,7 +24,7 @@ from typing import Dict, Optional
 
 import av
 import numpy as np
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.fileio import atomic_path, read_json, write_json_atomic
 
 from data_prep import pool
 from data_prep.converter import convert_format, default_workers
@@ -92,8 +92,7 @@ def clip_label(index: int) -> int:
 def write_video(path: str, frames: np.ndarray):
   """Lossless H.264 (qp 0) mp4; grey frames stored as RGB with equal channels.
   Written to a temporary name and renamed: a file that exists is complete."""
-  tmp = f"{path}.tmp-{os.getpid()}.mp4"
-  with av.open(tmp, "w", format="mp4") as container:
+  with atomic_path(path) as tmp, av.open(tmp, "w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=FPS)
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
@@ -104,7 +103,6 @@ def write_video(path: str, frames: np.ndarray):
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
-  os.replace(tmp, path)
 
 
 def relative_path(split: str, index: int) -> str:
@@ -148,10 +146,8 @@ def generate(raw_dir: str, counts: Dict[str, int], seed: int = 0, workers: int =
 
 
 def _write_text(path: str, text: str):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def _stamp(num_train: int, num_test: int, seed: int) -> dict:

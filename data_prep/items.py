@@ -41,7 +41,7 @@ class Item:
 
   `source` is the path of a video file or of a frame folder. When it does not
   exist as given, each path of `alternatives` is tried, and for each of them
-  the video extensions (see `sources.VIDEO_EXTENSIONS`) are appended in turn,
+  the video extensions (see `reskd_jax.data.video_io.VIDEO_EXTENSIONS`) are appended in turn,
   so a reader that only knows a stem (`<root>/<video_id>`) can leave the
   extension open. `num_frames`: the frame count the annotations declare (rawframes
   lists), checked against the frame folder; None when they declare none.

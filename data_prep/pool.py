@@ -51,7 +51,6 @@ def _child_env():
   env = dict(os.environ)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds data_prep/, reskd_jax/
   env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return env
 
 

@@ -12,12 +12,13 @@ repack leaves no data set that looks complete (rerun it).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from reskd_jax.data import records
-from reskd_jax.fileio import write_json_atomic
+from reskd_jax.fileio import atomic_path, write_json_atomic
 
 from data_prep.items import ConversionError
 from data_prep.shards import file_digest
@@ -92,29 +93,23 @@ def _checked(src: str, layout: str) -> Iterator[dict]:
 
 def write_shard(dst: str, layout: str, videos: Iterable[dict]) -> dict:
   """Writes `videos` (dicts as `records.iter_videos` yields them) as the shard `dst` in
-  `layout`, under temporary names renamed when complete (its `.frames` file first, the
-  records last, as the converter does), so an interrupted run leaves no shard that looks
-  finished. Returns the shard's manifest values: num_videos, shard_bytes, shard_sha256
-  and (layout "frames") frames_bytes."""
-  tmp = f"{dst}.tmp-{os.getpid()}"
-  tmp_frames = f"{records.frames_path(dst)}.tmp-{os.getpid()}"
+  `layout`, under temporary names moved into place when complete (`fileio.atomic_path`:
+  its `.frames` file first, the records last, as the converter does), so an interrupted
+  run leaves no shard that looks finished. Returns the shard's manifest values:
+  num_videos, shard_bytes, shard_sha256 and (layout "frames") frames_bytes."""
+  frames = records.frames_path(dst) if layout == records.LAYOUT_FRAMES else None
   count = 0
-  try:
-    with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
-      for video in videos:
-        writer.write(video["video_id"], video["frames"], video["labels"],
-                     video["label_names"], video["height"], video["width"])
-        count += 1
-    with open(tmp, "rb") as f:
-      os.fsync(f.fileno())
-    size, sha256 = file_digest(tmp)
-    out = {"num_videos": count, "shard_bytes": size, "shard_sha256": sha256}
-    if layout == records.LAYOUT_FRAMES:
-      out["frames_bytes"] = file_digest(tmp_frames)[0]
-      os.replace(tmp_frames, records.frames_path(dst))
-    os.replace(tmp, dst)
-    return out
-  finally:
-    for path in (tmp, tmp_frames):
-      if os.path.exists(path):
-        os.remove(path)
+  with atomic_path(dst) as tmp:
+    with (atomic_path(frames) if frames else contextlib.nullcontext()) as tmp_frames:
+      with records.ShardWriter(tmp, layout, frames_file=tmp_frames) as writer:
+        for video in videos:
+          writer.write(video["video_id"], video["frames"], video["labels"],
+                       video["label_names"], video["height"], video["width"])
+          count += 1
+      with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+      size, sha256 = file_digest(tmp)
+      out = {"num_videos": count, "shard_bytes": size, "shard_sha256": sha256}
+      if frames:
+        out["frames_bytes"] = file_digest(tmp_frames)[0]
+  return out

@@ -15,8 +15,8 @@ written again), and rewrites the others, saying why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import math
@@ -25,7 +25,7 @@ import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.fileio import atomic_path, read_json, write_json_atomic
 
 from data_prep import pool
 from reskd_jax.data.records import LAYOUT_FRAMES, ShardWriter, frames_path
@@ -144,21 +144,6 @@ def changed_sources(task: ShardTask, side: dict) -> Optional[str]:
   return f"source{'s' * (len(changed) > 1)} changed since it was written: {shown}"
 
 
-def _remove_stale_tmp(task: ShardTask):
-  """Temporary files of this shard left by dead processes (never a live conversion's)."""
-  from reskd_jax.fileio import pid_alive
-
-  written = [task.path, task.sidecar] + ([task.frames] if task.frames else [])
-  for stale in [f for path in written for f in glob.glob(glob.escape(path) + ".tmp-*")]:
-    pid = stale.rsplit(".tmp-", 1)[-1]
-    if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-      continue
-    try:
-      os.remove(stale)
-    except OSError:
-      pass
-
-
 def _disk_full(error: BaseException) -> bool:
   import errno
 
@@ -181,27 +166,36 @@ def write_shard(task: ShardTask) -> dict:
   side, damaged = check(task)
   if side is not None:
     return dict(side, reused=True)
-  _remove_stale_tmp(task)
-  tmp = f"{task.path}.tmp-{os.getpid()}"
-  tmp_frames = f"{task.frames}.tmp-{os.getpid()}" if task.frames else None
+  start = time.time()
+  # Each file is written under a temporary name (atomic_path, which also removes those
+  # of dead conversions); the frames file is moved into place first, the sidecar next,
+  # the shard last: a shard under its final name is complete.
+  with atomic_path(task.path) as tmp:
+    with (atomic_path(task.frames) if task.frames else contextlib.nullcontext()) as tmp_frames:
+      with _disk_full_is_one_error(task, tmp, tmp_frames):
+        side = _fill_shard(task, tmp, tmp_frames)
+    with _disk_full_is_one_error(task, tmp):
+      write_json_atomic(task.sidecar, side, indent=1)
+  return dict(side, reused=False, damaged=damaged, seconds=round(time.time() - start, 2))
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_error(task: ShardTask, *tmps: Optional[str]):
+  """A full disk while writing ``task`` raises DiskFull (with the bytes written so far)."""
   try:
-    return _write_shard(task, tmp, tmp_frames, damaged)
-  except Exception as e:  # noqa: BLE001  re-raised below unless the disk is full
+    yield
+  except Exception as e:  # noqa: BLE001  re-raised unless the disk is full
     if not _disk_full(e):
       raise
-    written = sum(os.path.getsize(p) for p in (tmp, tmp_frames) if p and os.path.exists(p))
-    for path in (tmp, tmp_frames, f"{task.sidecar}.tmp-{os.getpid()}"):
-      if path and os.path.exists(path):
-        os.remove(path)
+    written = sum(os.path.getsize(p) for p in tmps if p and os.path.exists(p))
     raise DiskFull(task.path, written, len(task.items)) from None
 
 
-def _write_shard(task: ShardTask, tmp: str, tmp_frames: Optional[str],
-                 damaged: Optional[str]) -> dict:
+def _fill_shard(task: ShardTask, tmp: str, tmp_frames: Optional[str]) -> dict:
+  """Writes ``task``'s items to ``tmp`` (and ``tmp_frames``); the sidecar dict."""
   # TensorFlow is imported only once a shard is written (by `ShardWriter`).
   count, skipped, partial = 0, [], []
   sources = {}
-  start = time.time()
   with ShardWriter(tmp, task.options.layout, frames_file=tmp_frames) as writer:
     for item in task.items:
       sources[item.video_id] = source_state(item)  # before reading it: a later change counts
@@ -226,10 +220,7 @@ def _write_shard(task: ShardTask, tmp: str, tmp_frames: Optional[str],
           "partial": partial, "bytes": size, "sha256": sha256, "sources": sources}
   if tmp_frames:
     side["frames_bytes"], side["frames_sha256"] = file_digest(tmp_frames)
-    os.replace(tmp_frames, task.frames)  # useless without its records, renamed last
-  write_json_atomic(task.sidecar, side, indent=1)
-  os.replace(tmp, task.path)  # the shard appears only now, complete
-  return dict(side, reused=False, damaged=damaged, seconds=round(time.time() - start, 2))
+  return side
 
 
 def write_shards(tasks: Sequence[ShardTask], workers: int,

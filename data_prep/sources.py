@@ -14,8 +14,7 @@ from typing import Iterator, List, Optional
 
 from PIL import Image
 from reskd_jax.data import video_io
-from reskd_jax.data.video_io import (  # noqa: F401  re-exported for data_prep's modules
-    VIDEO_EXTENSIONS, FrameOptions)
+from reskd_jax.data.video_io import VIDEO_EXTENSIONS, FrameOptions
 
 from data_prep.items import Item, ItemError, PartialItem
 

@@ -40,16 +40,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reskd_jax import fileio, meta as meta_lib, train_utils, workdir as workdir_lib
+from reskd_jax import fileio, meta as meta_lib, models, train_utils, workdir as workdir_lib
 from reskd_jax.errors import CheckpointError
 
-META_FILE = meta_lib.FILE
 ORBAX_DIR = "orbax"
-VARIABLES_SUBDIR = workdir_lib.VARIABLES
 CHECKSUMS_FILE = "checksums.json"
 UNUSABLE_DIR = "checkpoints_unusable"
 COLLECTIONS = ("params", "batch_stats")
-HEAD_NAME = "fc"  # top-level classifier module of models.VideoClassifier
 
 
 def _jsonable(value):
@@ -90,8 +87,8 @@ def save_variables(path: str, variables: Mapping[str, Any],
   """Writes ``variables`` (``params`` and ``batch_stats``) and ``meta.json`` to ``path``.
 
   An existing variables directory at ``path`` is replaced: the new one is
-  written beside it and renamed into place, so a crash leaves the old one
-  intact, and every file of ``extra_json`` (name -> payload, e.g.
+  written beside it and swapped into place (:func:`fileio.atomic_path`), so a
+  crash leaves the old one intact, and every file of ``extra_json`` (name -> payload, e.g.
   ``{"best.json": ...}``) changes together with the variables. Arrays are
   fetched to host memory first. Returns the absolute path.
   """
@@ -105,58 +102,37 @@ def save_variables(path: str, variables: Mapping[str, Any],
   tree.setdefault("batch_stats", {})
   tree = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
-  recover_interrupted_swap(path)
-  tmp = f"{path}.tmp-{os.getpid()}"
   try:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
-      ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
-      ckptr.wait_until_finished()
-    meta = dict(_jsonable(dict(metadata or {})))
-    meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    meta["num_parameters"] = int(sum(np.size(x)
-                                     for x in jax.tree_util.tree_leaves(tree["params"])))
-    fileio.write_json_atomic(os.path.join(tmp, META_FILE), meta)
-    for name, payload in (extra_json or {}).items():
-      fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
+    with fileio.atomic_path(path) as tmp:
+      os.makedirs(tmp)
+      with ocp.StandardCheckpointer(multiprocessing_options=this_process_only()) as ckptr:
+        ckptr.save(os.path.join(tmp, ORBAX_DIR), tree)
+        ckptr.wait_until_finished()
+      meta = dict(_jsonable(dict(metadata or {})))
+      meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+      meta["num_parameters"] = int(sum(np.size(x)
+                                       for x in jax.tree_util.tree_leaves(tree["params"])))
+      fileio.write_json_atomic(os.path.join(tmp, meta_lib.FILE), meta)
+      for name, payload in (extra_json or {}).items():
+        fileio.write_json_atomic(os.path.join(tmp, name), _jsonable(payload))
   except Exception as e:  # noqa: BLE001 (disk full, file-size limit, unwritable directory)
-    shutil.rmtree(tmp, ignore_errors=True)
     kept = " (the previous one is kept)" if os.path.exists(path) else ""
     raise CheckpointError(f"could not save variables to {path}: {_root_cause(e)}{kept}. "
                           f"Free space or fix the directory, then rerun the same command "
                           f"to resume") from None
-  old = None
-  if os.path.exists(path):
-    old = f"{path}.old-{os.getpid()}"
-    os.rename(path, old)
-  os.rename(tmp, path)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
   return path
-
-
-def recover_interrupted_swap(path: str) -> None:
-  """Puts back the previous variables directory if a save died between its two renames."""
-  path = os.path.abspath(os.fspath(path))
-  if os.path.exists(path):
-    return
-  olds = sorted(glob.glob(f"{glob.escape(path)}.old-*"), key=os.path.getmtime)
-  if olds:
-    os.rename(olds[-1], path)
 
 
 def resolve_variables_dir(path: str) -> str:
   """The variables directory for ``path``: ``path`` itself or ``path/variables``."""
   path = os.fspath(path)
-  recover_interrupted_swap(path)
-  recover_interrupted_swap(os.path.join(path, VARIABLES_SUBDIR))
+  fileio.recover(path)
+  fileio.recover(os.path.join(path, workdir_lib.VARIABLES))
   if not os.path.exists(path):
     raise FileNotFoundError(f"no such checkpoint directory: {path!r}")
   if os.path.isdir(os.path.join(path, ORBAX_DIR)):
     return path
-  sub = os.path.join(path, VARIABLES_SUBDIR)
+  sub = os.path.join(path, workdir_lib.VARIABLES)
   if os.path.isdir(os.path.join(sub, ORBAX_DIR)):
     return sub
   if os.path.isfile(path) and path.endswith((".pth", ".pt", ".pkl")):
@@ -187,7 +163,7 @@ def load_variables(path: str) -> Dict[str, Any]:
 def load_metadata(path: str) -> Dict[str, Any]:
   """The ``meta.json`` of a variables directory (or of ``workdir/variables``)."""
   directory = resolve_variables_dir(path)
-  meta_path = os.path.join(directory, META_FILE)
+  meta_path = os.path.join(directory, meta_lib.FILE)
   if not os.path.exists(meta_path):
     return {}
   with open(meta_path) as f:
@@ -215,8 +191,8 @@ def _unflatten(flat):
 
 
 def _is_head(key) -> bool:
-  # (collection, "fc", ...): the classifier of models.VideoClassifier.
-  return len(key) > 1 and key[1] == HEAD_NAME
+  # (collection, head, ...): the classifier, the same module in every family.
+  return len(key) > 1 and key[1] == models.HEAD_NAME
 
 
 def _fmt(keys, limit=20):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reskd_jax import losses, meta as meta_lib, models, train_step, train_utils
+from reskd_jax import meta as meta_lib, models, train_step, train_utils
 from reskd_jax.data import clips
 from reskd_jax.errors import CheckpointError, ConfigError
 
@@ -41,12 +41,8 @@ def compute_dtype(name: str):
 
 def check_config(config) -> None:
   """Start-up checks of the keys a run cannot recover from later."""
-  if config.mode not in train_step.MODES:
-    raise ConfigError(f"config.mode={config.mode!r}: expected one of {train_step.MODES}")
+  train_step.check_mode(config.mode, config.kd_method)
   if config.mode == "reskd":
-    if config.kd_method not in losses.KD_METHODS:
-      raise ConfigError(f"config.kd_method={config.kd_method!r}: expected one of "
-                        f"{losses.KD_METHODS}")
     if not config.teacher.checkpoint:
       raise ConfigError("config.teacher.checkpoint is empty: ResKD needs a trained teacher "
                         "(a teacher run's workdir or a directory written by "

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from reskd_jax.models import HEAD_NAME
+
 DECAY, BIAS, NO_DECAY = "decay", "bias", "no_decay"
 
 
@@ -99,10 +101,10 @@ def schedule_steps(opt_cfg, global_batch_size: int, steps_per_epoch: int,
 
 
 def _lr_multipliers(params, labels, bias_mult: float, backbone_mult: float):
-  """Per-leaf lr factor: ``bias_mult`` for biases, ``backbone_mult`` outside the head ``fc``."""
+  """Per-leaf lr factor: ``bias_mult`` for biases, ``backbone_mult`` outside the head."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(labels))
-  mult = {path: (bias_mult if label == BIAS else 1.0) * (1.0 if path[0] == "fc" else backbone_mult)
-          for path, label in flat.items()}
+  mult = {path: (bias_mult if label == BIAS else 1.0)
+          * (1.0 if path[0] == HEAD_NAME else backbone_mult) for path, label in flat.items()}
   return flax.traverse_util.unflatten_dict(mult)
 
 

@@ -2,11 +2,14 @@
 
 libtpu is installed by the ``tpu`` extra, also on CPU machines, where it only
 serves ``--mode=plan`` (compile-only TPU devices). There JAX would still try
-to start a TPU client at the first ``jax.devices()``, which takes about half a
-second and prints libtpu's errors about missing TPU hosts on stderr. Unless
-``JAX_PLATFORMS`` is set, :func:`skip_absent_tpu` leaves the TPU out when no
-TPU chip is attached (JAX's own PCI check) and no NVIDIA GPU is visible; on a
-Cloud TPU VM or a GPU machine nothing changes.
+to start a TPU client at the first ``jax.devices()``, which costs start-up
+time (docs/benchmarks.md) and prints libtpu's errors about missing TPU hosts
+on stderr. Unless ``JAX_PLATFORMS`` is set, :func:`skip_absent_tpu` leaves
+the TPU out when no TPU chip is attached (JAX's own PCI check) and no NVIDIA
+GPU is visible; on a Cloud TPU VM or a GPU machine nothing changes.
+
+:func:`quiet_tensorflow` is the one place that silences TensorFlow's C++
+start-up lines by default.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ def allow_compile_only_libtpu() -> None:
   """
   if not tpu_chips_attached():
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def quiet_tensorflow() -> None:
+  """``TF_CPP_MIN_LOG_LEVEL=2`` unless set: no C++ INFO/WARNING lines from TensorFlow.
+
+  TensorFlow reads it once, when first imported; the package's ``__init__``
+  calls this, and every entry point (``main.py``, ``python -m data_prep``,
+  ``python -m reskd_jax.tools.*``) imports the package before TensorFlow.
+  ``main.py --verbosity=1`` sets ``0`` before that, to see them.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def skip_absent_tpu() -> bool:

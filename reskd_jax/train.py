@@ -36,18 +36,10 @@ from reskd_jax import runlog, train_step, train_utils, workdir as workdir_lib
 from reskd_jax.config_checks import EVAL_METRICS
 from reskd_jax.data import clips, pipeline, shard_check, transfer
 from reskd_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.fileio import read_json, recover, write_json_atomic
 
-# Older names of the workdir's files (see reskd_jax.workdir).
-RESULTS_FILE = workdir_lib.RESULTS
-BEST_VARIABLES = workdir_lib.BEST_VARIABLES
-BEST_FILE = workdir_lib.BEST
 # Bits of the train step's "non_finite" metric.
 _NON_FINITE = ((1, "loss"), (2, "gradient norm"), (4, "updated parameters or BatchNorm statistics"))
-
-
-# The one builder lives in the model registry; kept here for existing callers.
-build_from_config = models.build_from_config
 
 
 def _save_json(path: str, payload: Dict[str, Any]) -> None:
@@ -99,7 +91,7 @@ def _steps(config, info) -> Tuple[int, int]:
 
 def read_best(workdir: str) -> Dict[str, Any]:
   """The best record, read from inside ``best_variables`` (where it changes atomically)."""
-  checkpoints.recover_interrupted_swap(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
+  recover(os.path.join(workdir, workdir_lib.BEST_VARIABLES))
   inside = os.path.join(workdir, workdir_lib.BEST_VARIABLES, workdir_lib.BEST)
   best = read_json(inside) if os.path.isfile(inside) else None
   if best is None:  # workdirs of older versions kept it at the top level
@@ -300,7 +292,7 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   dtype = config_checks.compute_dtype(config.dtype)
   bn_axis = train_step.AXIS if config.sync_bn else None
   num_frames = clips.frames_per_clip(config.data)
-  student = build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
+  student = models.build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   variables = models.init_variables(models.with_bn_axis(student, None), init_rng, num_frames,
@@ -313,8 +305,8 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   teacher, teacher_vars = None, {}
   if config.mode == "reskd":
     # The teacher's head never runs under dropout: only BN sees train mode.
-    teacher = build_from_config(config.teacher, num_classes, dtype=dtype, bn_axis_name=bn_axis,
-                                dropout_rate=0.0)
+    teacher = models.build_from_config(config.teacher, num_classes, dtype=dtype,
+                                       bn_axis_name=bn_axis, dropout_rate=0.0)
     teacher_vars = checkpoints.load_variables(config.teacher.checkpoint)
     teacher_vars = {k: teacher_vars[k] for k in ("params", "batch_stats") if k in teacher_vars}
     config_checks.check_teacher_alignment(config, student, models.with_bn_axis(teacher, None),
@@ -617,7 +609,7 @@ def evaluate_workdir(config, workdir: str) -> Dict[str, Any]:
   config_checks.check_splits(config, info, train=False)
   num_classes = config_checks.num_classes(config, info)
   dtype = config_checks.compute_dtype(config.dtype)
-  model = build_from_config(config.model, num_classes, dtype=dtype)
+  model = models.build_from_config(config.model, num_classes, dtype=dtype)
   source = checkpoints.resolve_variables_dir(workdir)
   variables = checkpoints.load_variables(source)
   config_checks.check_variables_fit(model, variables, clips.frames_per_clip(config.data),

@@ -4,10 +4,11 @@ Each step is a per-device function with named-axis collectives
 (``lax.pmean`` over ``"data"``), wrapped in ``jax.jit(jax.shard_map(...))``
 over a mesh of all devices: pmap's programming model in its current form.
 
-The method itself is three lines of ``_student_loss``: run the frozen
-teacher on the high-resolution crop (BatchNorm in train mode, no gradient),
-run the student on the same crop resized inside the model, and add
-``kd_weight * KD(student, teacher)`` to the cross-entropy.
+The method itself is a few lines of :func:`make_train_step`'s ``step`` and
+its ``loss_fn``: run the frozen teacher on the high-resolution crop
+(BatchNorm in train mode, no gradient), run the student on the same crop
+resized inside the model, and add ``kd_weight * KD(student, teacher)`` to the
+cross-entropy.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from reskd_jax import augment, losses
+from reskd_jax.errors import ConfigError
 
 AXIS = "data"
-MODES = ("teacher", "baseline", "reskd")
 
 
 @flax.struct.dataclass
@@ -51,6 +52,18 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), (AXIS,))
 
 
+MODES = ("teacher", "baseline", "reskd")  # config.mode: what a run trains
+
+
+def check_mode(mode: str, kd_method: str) -> None:
+  """``config.mode`` and, for ResKD, ``config.kd_method``: the steps this module can build
+  (checked at start-up by ``config_checks.check_config`` and again by the step builder)."""
+  if mode not in MODES:
+    raise ConfigError(f"config.mode={mode!r}: expected one of {MODES}")
+  if mode == "reskd" and kd_method not in losses.KD_METHODS:
+    raise ConfigError(f"config.kd_method={kd_method!r}: expected one of {losses.KD_METHODS}")
+
+
 def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "pixel_feature",
                     kd_weight: float = 100.0, kd_temperature: float = 1.0,
                     teacher_train_mode_bn: bool = True, label_smoothing: float = 0.0,
@@ -62,13 +75,10 @@ def make_train_step(*, student, tx, mode: str, teacher=None, kd_method: str = "p
   (the teacher's crop) and ``label`` int32 ``(b,)``. Must run inside a
   ``shard_map`` (or any context) where the ``"data"`` axis is bound.
   """
-  if mode not in MODES:
-    raise ValueError(f"config.mode={mode!r}: expected one of {MODES}")
+  check_mode(mode, kd_method)
   use_kd = mode == "reskd"
   if use_kd and teacher is None:
     raise ValueError("config.mode='reskd' needs a teacher model")
-  if use_kd and kd_method not in losses.KD_METHODS:
-    raise ValueError(f"config.kd_method={kd_method!r}: expected one of {losses.KD_METHODS}")
 
   def step(state: TrainState, teacher_vars, batch, rng):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from reskd_jax import checkpoints
+from reskd_jax.errors import WeightsError
 from reskd_jax.tools import convert_weights
 from tests.torch_models import resnet as torch_resnet
 from reskd_jax.models import build_model
@@ -152,7 +153,7 @@ def test_missing_and_unexpected_keys_are_listed():
   sd = dict(_tiny_state(18))
   del sd["layer1.0.bn1.running_var"]
   sd["layer1.0.extra.weight"] = torch.zeros(3)
-  with pytest.raises(convert_weights.WeightsError) as e:
+  with pytest.raises(WeightsError) as e:
     convert_weights.convert_state_dict(sd, "resnet18")
   msg = str(e.value)
   assert "missing keys (1): layer1.0.bn1.running_var" in msg
@@ -161,12 +162,12 @@ def test_missing_and_unexpected_keys_are_listed():
 
 def test_shape_mismatch_is_listed():
   sd = _tiny_state(18)  # width 8: every conv is the wrong size for a real resnet18
-  with pytest.raises(convert_weights.WeightsError) as e:
+  with pytest.raises(WeightsError) as e:
     convert_weights.convert_state_dict(sd, "resnet18")
   assert "shape mismatch" in str(e.value)
   assert "conv1.weight: checkpoint (8, 3, 7, 7), expected (64, 3, 7, 7)" in str(e.value)
   tmodel = _torch_model(18)
-  with pytest.raises(convert_weights.WeightsError, match=r"fc.weight: checkpoint \(5, 512\), "
+  with pytest.raises(WeightsError, match=r"fc.weight: checkpoint \(5, 512\), "
                      r"expected \(7, 512\)"):
     convert_weights.convert_state_dict(tmodel.state_dict(), "resnet18", num_classes=7)
 
@@ -178,7 +179,7 @@ def test_shape_mismatch_is_listed():
     (18, 50, "it is a resnet18, not a resnet50"),
 ])
 def test_wrong_depth_is_refused_by_name(have, want, needle):
-  with pytest.raises(convert_weights.WeightsError) as e:
+  with pytest.raises(WeightsError) as e:
     convert_weights.convert_state_dict(_tiny_state(have), f"resnet{want}")
   assert needle in str(e.value)
 

@@ -11,6 +11,9 @@ from PIL import Image
 from data_prep import ConvertOptions, convert_format
 from data_prep.cli import main as cli_main
 from data_prep.encode import kept_frames
+from data_prep.items import ConversionError
+from data_prep.repack import repack
+from reskd_jax.data import records
 from reskd_jax.data.records import (LAYOUT_FRAMES, LAYOUT_SEQUENCE, frames_path, iter_videos,
                                split_layout)
 from data_prep.labels import load_classes
@@ -251,6 +254,26 @@ def test_layouts_and_repack(tmp_path, capsys):
   assert cli_main(["repack", f"--data-dir={tmp_path / LAYOUT_SEQUENCE}",
                    f"--out={tmp_path / 'repacked'}"]) == 2
   assert "already holds a data set" in capsys.readouterr().err
+
+
+def test_repack_stopped_by_a_damaged_video_leaves_no_temporary(tmp_path, monkeypatch):
+  src = tmp_path / "v"
+  for i in range(2):
+    put_video(str(src / f"{i}.mp4"), make_frames(i, num=3))
+  ann = write_text(tmp_path / "l.txt", "0.mp4 0\n1.mp4 1\n")
+  classes = write_text(tmp_path / "c.txt", "\n".join(CLASSES) + "\n")
+  run("minik", ann, src, tmp_path / "old", classes=classes, num_shards=1,
+      options=ConvertOptions(short_side=H, layout=LAYOUT_SEQUENCE))
+  real = records.iter_videos
+
+  def second_damaged(path, layout):
+    for i, video in enumerate(real(path, layout)):
+      yield dict(video, num_frames=99) if i == 1 else video
+
+  monkeypatch.setattr(records, "iter_videos", second_damaged)
+  with pytest.raises(ConversionError, match="its record says 99"):
+    repack(str(tmp_path / "old"), str(tmp_path / "new"))
+  assert os.listdir(tmp_path / "new" / "train") == []  # neither shard nor .frames, not even half
 
 
 NAMES = ["zumba", "air_drumming", "abseiling"]

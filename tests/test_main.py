@@ -384,3 +384,30 @@ def test_missing_data_names_the_converter_of_the_config(config_file, converter):
   config.data.data_dir = "/nonexistent/data"
   with pytest.raises(errors.DataError, match=f"python -m data_prep {converter} "):
     train.dataset_info(config)
+
+
+# TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, on its first import: records what it sees.
+TF_LEVEL_PROBE = """
+import importlib.abc, os, sys
+seen = []
+class Probe(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == "tensorflow" and not seen:
+      seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+sys.meta_path.insert(0, Probe())
+import {module}
+import tensorflow
+print("TF saw", seen[0])
+"""
+
+
+@pytest.mark.parametrize("module,args,level", [
+    ("main", [], "2"), ("main", ["--verbosity=1"], "0"), ("data_prep.cli", [], "2"),
+    ("reskd_jax.tools.predict", [], "2")])
+def test_tensorflow_is_quiet_from_its_first_import_in_every_entry_point(module, args, level):
+  """platforms.quiet_tensorflow, run by the package's __init__, comes before TensorFlow."""
+  env = {k: v for k, v in _env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  proc = subprocess.run([sys.executable, "-c", TF_LEVEL_PROBE.format(module=module), *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == f"TF saw {level}"

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from configs import minik_r50_112
-from reskd_jax import checkpoints, errors, evaluate, models, train, train_step
+from reskd_jax import checkpoints, errors, evaluate, models, train_step, workdir as workdir_lib
 from reskd_jax.data import pipeline
 from data_helpers import write_tiny_dataset  # noqa: E402
 
@@ -134,10 +134,10 @@ def straight(setup):
 
 
 def test_two_processes_train_evaluate_save(setup, straight):
-  results = json.load(open(os.path.join(straight, train.RESULTS_FILE)))
+  results = json.load(open(os.path.join(straight, workdir_lib.RESULTS)))
   assert results["step"] == STEPS and results["num_videos"] == 11
   variables = checkpoints.load_variables(straight)
-  best = checkpoints.load_variables(os.path.join(straight, train.BEST_VARIABLES))
+  best = checkpoints.load_variables(os.path.join(straight, workdir_lib.BEST_VARIABLES))
   chex.assert_trees_all_equal_shapes(variables, best)
 
   # The same variables evaluated by this single process (8 devices): same metrics.
@@ -147,7 +147,7 @@ def test_two_processes_train_evaluate_save(setup, straight):
   config.data.test_num_clips = 2
   config.num_classes = NUM_CLASSES
   info = pipeline.dataset_info(setup["data"])
-  model = train.build_from_config(config.model, NUM_CLASSES)
+  model = models.build_from_config(config.model, NUM_CLASSES)
   mesh = train_step.make_mesh()
   metrics = evaluate.Evaluator(config, model, mesh, NUM_CLASSES, info)(
       train_step.replicate(variables, mesh))
@@ -188,7 +188,7 @@ def test_sigterm_to_one_process_stops_both_then_resumes_bit_identical(setup, str
   stopped = steps[0][0]
   assert 4 <= stopped < STEPS, stopped
   assert stop_seconds < STOP_LIMIT
-  assert not os.path.exists(os.path.join(workdir, train.RESULTS_FILE))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.RESULTS))
   ckpt_steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                       if d.isdigit())
   assert ckpt_steps[-1] == stopped and 4 in ckpt_steps, ckpt_steps
@@ -200,8 +200,8 @@ def test_sigterm_to_one_process_stops_both_then_resumes_bit_identical(setup, str
   codes, logs = _run2(setup, workdir)  # the same command again: resumes
   assert codes == [0, 0], _tail(logs)
   assert f"[train] step {stopped + 1}/" in open(logs[0]).read().split("stopped at step")[-1]
-  a = json.load(open(os.path.join(straight, train.RESULTS_FILE)))
-  b = json.load(open(os.path.join(workdir, train.RESULTS_FILE)))
+  a = json.load(open(os.path.join(straight, workdir_lib.RESULTS)))
+  b = json.load(open(os.path.join(workdir, workdir_lib.RESULTS)))
   for key in ("top1", "top5", "mean_class_accuracy", "num_videos", "step"):
     assert a[key] == b[key], key
   chex.assert_trees_all_equal(checkpoints.load_variables(straight),

@@ -39,7 +39,7 @@ def env(tmp_path_factory):
   _write_data(data, {"train": 32, "val": 8, "empty": 0}, rs)
   # A teacher as a tiny teacher run would save it: full meta.json.
   tcfg = minik_r152_224.get_config("tiny")
-  teacher = train.build_from_config(tcfg.model, NUM_CLASSES)
+  teacher = models.build_from_config(tcfg.model, NUM_CLASSES)
   tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
   teacher_dir = checkpoints.save_variables(
       str(root / "teacher"), tvars,

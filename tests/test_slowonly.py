@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from reskd_jax import checkpoints, models
+from reskd_jax.errors import WeightsError
 from reskd_jax.tools import convert_weights, flops
 from tests.torch_models import resnet as torch_resnet
 from tests.torch_models import slowonly as torch_slowonly
@@ -139,12 +140,12 @@ def test_missing_and_unexpected_keys_are_listed(reference):
   sd = dict(state)
   del sd["backbone.layer3.0.conv1.bn.running_var"]
   sd["backbone.layer3.0.extra.weight"] = torch.zeros(3)
-  with pytest.raises(convert_weights.WeightsError) as e:
+  with pytest.raises(WeightsError) as e:
     convert_weights.convert_state_dict({"state_dict": sd}, "slowonly_r50", fmt="mmaction")
   msg = str(e.value)
   assert "missing keys (1): backbone.layer3.0.conv1.bn.running_var" in msg
   assert "unexpected keys (1): backbone.layer3.0.extra.weight" in msg
-  with pytest.raises(convert_weights.WeightsError, match=r"cls_head.fc_cls.weight: checkpoint "
+  with pytest.raises(WeightsError, match=r"cls_head.fc_cls.weight: checkpoint "
                      r"\(400, 2048\), expected \(7, 2048\)"):
     convert_weights.convert_state_dict({"state_dict": state}, "slowonly_r50", fmt="mmaction",
                                num_classes=7)
@@ -164,11 +165,11 @@ def test_other_families_and_depths_are_refused_in_one_line():
        "1 blocks in layer3, 1 blocks in layer4: it is not a slowonly_r50"),
   ]
   for sd, needle in cases:
-    with pytest.raises(convert_weights.WeightsError) as e:
+    with pytest.raises(WeightsError) as e:
       convert_weights.convert_state_dict(sd, "slowonly_r50", fmt="mmaction")
     assert needle in str(e.value)
     assert len(str(e.value).splitlines()) == 1
-  with pytest.raises(convert_weights.WeightsError, match=r"a 2D ResNet inflated into slowonly_r50 "
+  with pytest.raises(WeightsError, match=r"a 2D ResNet inflated into slowonly_r50 "
                      r"must be a bottleneck ResNet with blocks \(3, 4, 6, 3\); the checkpoint "
                      r"is resnet18"):
     convert_weights.convert_state_dict(torch_resnet.resnet(18, 5, width=8).state_dict(), "slowonly_r50",

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reskd_jax import augment, checkpoints, models
+from reskd_jax import augment, checkpoints, meta as meta_lib, models, workdir as workdir_lib
 from reskd_jax.tools import erf, export, exported, inference, predict, visualize
 
 CLASSES = ("red", "green", "blue")
@@ -68,7 +68,7 @@ def run_dir(tmp_path_factory):
   params = jax.tree.map(np.asarray, dict(variables["params"]))
   params["fc"] = {"kernel": solution[:-1].astype(np.float32),
                   "bias": solution[-1].astype(np.float32)}
-  path = str(root / "run" / checkpoints.VARIABLES_SUBDIR)
+  path = str(root / "run" / workdir_lib.VARIABLES)
   checkpoints.save_variables(path, {"params": params, "batch_stats": variables["batch_stats"]},
                             META)
   return str(root / "run")
@@ -151,6 +151,29 @@ def test_predict_partial_frame_folder(run_dir, videos, tmp_path, capsys):
   assert out["results"][0]["top"][0]["class"] == "blue"
 
 
+def test_default_transform_is_the_default_config_s():
+  """The transform of weights without a recorded one: configs/default.py's test keys."""
+  from configs import default
+
+  data = default.get_data_config()
+  assert sorted(inference.DEFAULT_TRANSFORM) == sorted(meta_lib.TEST_TRANSFORM_KEYS)
+  assert inference.DEFAULT_TRANSFORM == {k: data[k] for k in meta_lib.TEST_TRANSFORM_KEYS}
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"sampling": "uniform"}, "test transform.sampling='uniform': expected 'tsn' or 'dense'"),
+    ({"test_num_crops": 2}, "test transform.test_num_crops=2: expected 1"),
+    ({"num_frames": 0}, "test transform.num_frames=0: must be at least 1"),
+    ({"crop_size": 300}, "test transform.crop_size=300 is larger than test transform.short_side"),
+])
+def test_test_transform_is_checked_like_config_data(override, needle):
+  """The same checks (data.clips.check_clip_config) as config.data at start-up."""
+  assert inference.transform_config(META)["crop_size"] == CROP
+  with pytest.raises(ValueError) as e:
+    inference.transform_config(META, override)
+  assert needle in str(e.value)
+
+
 def test_export_then_load_matches_the_model(run_dir, videos, tmp_path):
   out_dir = str(tmp_path / "exported")
   assert export.main([f"--workdir={run_dir}", f"--output={out_dir}", "--no-saved-model"]) == 0
@@ -198,6 +221,51 @@ def test_export_loader_needs_no_tensorflow_or_model_code(run_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out == {"shape": [2, 3], "heavy": []}
+
+
+def test_export_replacing_a_saved_model_never_leaves_none(run_dir, tmp_path, monkeypatch):
+  """Killed while the new SavedModel takes the old one's place: the old one is still there,
+  set aside, and comes back (fileio.recover, also run by the next export). The TF save is
+  replaced by a stand-in writing one file: the replacement is what is tested."""
+  import tensorflow as tf
+
+  from reskd_jax import fileio
+
+  model = inference.load(run_dir)
+  out_dir = str(tmp_path / "exported")
+  target = os.path.join(out_dir, export.SAVED_MODEL_DIR)
+
+  def fake_save(version):
+    def save(module, path, signatures=None):
+      os.makedirs(path)
+      with open(os.path.join(path, "version"), "w") as f:
+        f.write(version)
+    return save
+
+  def version():
+    with open(os.path.join(target, "version")) as f:
+      return f.read()
+
+  monkeypatch.setattr(tf.saved_model, "save", fake_save("old"))
+  export.export_directory(model, out_dir, platforms=["cpu"], log=lambda m: None)
+  assert version() == "old"
+
+  def killed_into(real):
+    def move(src, dst):
+      if dst == target:
+        raise KeyboardInterrupt("killed")
+      return real(src, dst)
+    return move
+
+  monkeypatch.setattr(tf.saved_model, "save", fake_save("new"))
+  monkeypatch.setattr(os, "rename", killed_into(os.rename))
+  monkeypatch.setattr(os, "replace", killed_into(os.replace))
+  with pytest.raises(KeyboardInterrupt):
+    export.export_directory(model, out_dir, platforms=["cpu"], log=lambda m: None)
+  monkeypatch.undo()
+  fileio.recover(target)
+  assert version() == "old"
+  assert not [n for n in os.listdir(out_dir) if ".tmp-" in n or ".old-" in n]
 
 
 def test_predict_hints_classes_and_best_variables(run_dir, videos, tmp_path, capsys):

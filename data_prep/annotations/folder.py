@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
+from reskd_jax.data.video_io import VIDEO_EXTENSIONS
+
 from data_prep.annotations.common import Entry, finish
 from data_prep.items import Annotations, ConversionError
-from data_prep.sources import VIDEO_EXTENSIONS
 
 
 def _visible(folder: str) -> List[str]:

@@ -116,9 +116,9 @@ def _map_frames(fn, strings, num_outputs: int):
 
   A static number of strings up to `_MAX_UNROLLED` is unrolled: each frame
   goes through decode, crop and resize while it is still in the CPU cache,
-  and no loop machinery runs (a `tf.map_fn` adds about 0.08 ms per frame on
-  the development CPU, half a frame's resize to 224). Longer or dynamic lists
-  run in a `tf.map_fn`.
+  and no loop machinery runs (a `tf.map_fn`'s per-frame overhead is a sizeable
+  fraction of a frame's resize; figures in docs/benchmarks.md, "Figures the
+  code's choices rest on"). Longer or dynamic lists run in a `tf.map_fn`.
   """
   count = strings.shape[0]
   if count is not None and count <= _MAX_UNROLLED:

@@ -143,9 +143,9 @@ def _read_records(files, num_files: int, parallel: bool, layout: str):
   background threads, which hides the latency of remote reads. Otherwise
   they are read by the thread that asks for the next record, so the record
   is still in the CPU cache when it is parsed: background reads ahead of a
-  consumer cost 12-15% more CPU per video in `bench/input_pipeline.py`, but
-  an in-thread reader is one thread per host (about 1.3 ms per 2.6 MB
-  record on the development machine, so some 750 such videos/s at most).
+  consumer cost more CPU per video in `bench/input_pipeline.py`, but an
+  in-thread reader is one thread per host, which caps the videos/s a host can
+  read (docs/benchmarks.md, "The input pipeline").
   """
   def read(path):
     ds = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)

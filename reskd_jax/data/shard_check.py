@@ -20,8 +20,8 @@ name it:
   count in data_prep's sidecar `.<shard>.json` where there is one), and every
   shard exists with its recorded size. Then the shards' SHA-256 checksums
   (`shard_sha256`, where the manifest has them) are verified, in a background
-  thread by default (its cost is logged: one read of every shard, about 1.5 GB
-  per CPU-second); a mismatch fails the next batch read through
+  thread by default (its cost is logged: one read of every shard, see
+  docs/benchmarks.md for the rate); a mismatch fails the next batch read through
   `name_damaged_shards`, naming the shard.
 
 Either way the fix is to rerun data_prep, which verifies every shard against

@@ -3,8 +3,9 @@
 The one reader shared by the converter (`data_prep` turns the frames into
 TFRecords) and the predictor (`reskd_jax.tools.predict` runs a trained model on the
 frames directly), so that both see the same pixels. Frames come out as RGB
-PIL images at the source size; :func:`short_side_size` is the converter's
-resize rule (mmcv ``rescale_size``, short side exact).
+PIL images at the source size; :func:`read_video` resizes them by
+:func:`short_side_size` (mmcv ``rescale_size``, short side exact), the
+converter by ``data_prep.encode.resized_size``.
 
 Incomplete sources are told apart from unreadable ones: a frame folder with
 gaps in its numbering (or fewer frames than its annotation says), or a video

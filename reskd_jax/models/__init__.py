@@ -9,10 +9,10 @@ Models know nothing about data or training; they map a video
 ``(B, T, H, W, 3)`` to logits ``(B, num_classes)``.
 """
 
+from reskd_jax.models.layers import HEAD_NAME  # noqa: F401
 from reskd_jax.models.registry import (  # noqa: F401
     ARCHS,
     FAMILIES,
-    Family,
     UnknownModelError,
     build_from_config,
     build_model,
@@ -29,16 +29,5 @@ from reskd_jax.models.registry import (  # noqa: F401
     names,
     with_bn_axis,
 )
-from reskd_jax.models.resnet import (  # noqa: F401
-    BN_EPSILON,
-    BN_MOMENTUM,
-    BasicBlock,
-    Bottleneck,
-    ResNet,
-    VideoClassifier,
-    conv_kernel_init,
-    head_kernel_init,
-    temporal_shift,
-)
+from reskd_jax.models.resnet import temporal_shift  # noqa: F401
 from reskd_jax.models.slowonly import SlowOnly  # noqa: F401
-from reskd_jax.models.swin import SwinClassifier  # noqa: F401

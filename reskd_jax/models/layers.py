@@ -11,6 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The classifier's module name, the same in every family (the released checkpoints' ``fc``):
+# what the optimizer, the weight converters and the checkpoint loaders call the head.
+HEAD_NAME = "fc"
+
 
 def resize_input(video, input_size):
   """(B, T, H, W, C) video resized to ``input_size`` squared, or unchanged (None or equal).
@@ -39,7 +43,7 @@ def classify(feats, clip, *, num_classes: int, dropout_rate: float, train: bool,
   (B, T, K: the classifier on each frame's pooled features) and
   ``position_logits`` (B, T, h, w, K: on each position of the map).
   """
-  fc = nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name="fc")
+  fc = nn.Dense(num_classes, kernel_init=kernel_init, dtype=dtype, name=HEAD_NAME)
   logits = fc(nn.Dropout(dropout_rate, deterministic=not train)(clip))
   if return_dict:
     return {

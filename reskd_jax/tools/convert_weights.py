@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from reskd_jax import checkpoints, meta as meta_lib, models
-from reskd_jax.errors import WeightsError  # noqa: F401 (re-exported)
+from reskd_jax.errors import WeightsError
 from reskd_jax.models import slowonly
 from reskd_jax.tools import swin_weights
 
@@ -226,8 +226,8 @@ def _flax_to_torch_name(path: Tuple[str, ...]) -> Tuple[str, str]:
       parts.append(m)
   prefix = ".".join(parts)
   if leaf == "kernel":
-    return f"{prefix}.weight", ("linear" if modules[-1] == "fc" else "conv")
-  if modules[-1] == "fc" and leaf == "bias":
+    return f"{prefix}.weight", ("linear" if modules[-1] == models.HEAD_NAME else "conv")
+  if modules[-1] == models.HEAD_NAME and leaf == "bias":
     return f"{prefix}.bias", "plain"
   inverse = {v: k for k, v in _BN_FIELDS.items()}
   return f"{prefix}.{inverse[leaf]}", "plain"
@@ -246,7 +246,7 @@ def _slowonly_name(path: Tuple[str, ...]) -> Tuple[str, str]:
   """(mmaction2 key, kind) for a SlowOnly leaf path below ``params``/``batch_stats``."""
   *modules, leaf = path
   inverse = {v: k for k, v in _BN_FIELDS.items()}
-  if modules == ["fc"]:
+  if modules == [models.HEAD_NAME]:
     return f"cls_head.fc_cls.{'weight' if leaf == 'kernel' else 'bias'}", (
         "linear" if leaf == "kernel" else "plain")
   if len(modules) == 1:  # stem: conv1 / bn1 -> backbone.conv1.{conv,bn}
@@ -482,7 +482,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = "tor
     for keypath, leaf in flat:
       path = tuple(str(getattr(k, "key", k)) for k in keypath)
       tkey, kind = spec.source_key(path)
-      if path[0] == checkpoints.HEAD_NAME:
+      if path[0] == models.HEAD_NAME:
         head_keys.add(tkey)
         if not include_head:
           continue

@@ -29,9 +29,10 @@ import subprocess
 import sys
 import time
 
-from reskd_jax import augment, checkpoints, train
+from reskd_jax import augment, checkpoints, train, workdir as workdir_lib
 from reskd_jax.data import pipeline
 from reskd_jax.fileio import read_json, write_json_atomic
+from reskd_jax.models import build_from_config
 from reskd_jax.tools import ablation_table, erf, plots, profiling, visualize
 
 
@@ -71,7 +72,7 @@ def _train_or_reuse(demo_config, run: str, workdir: str, records: str):
   # Teacher checkpoints name a demo run ("runs/demo/teacher"): point them into workdir.
   cfg.teacher.checkpoint = os.path.join(workdir, os.path.basename(cfg.teacher.checkpoint))
   run_dir = os.path.join(workdir, run)
-  results_path = os.path.join(run_dir, train.RESULTS_FILE)
+  results_path = os.path.join(run_dir, workdir_lib.RESULTS)
   print(f"\n=== {run}: {cfg.model.name} at {train.student_resolution(cfg)} px "
         f"({cfg.mode}{', ' + cfg.kd_method + ' KD' if cfg.mode == 'reskd' else ''}) ===",
         flush=True)
@@ -97,7 +98,7 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
   speeds = {name: [] for name in runs}
   for _ in range(rounds):
     for name, (cfg, workdir, num_classes) in runs.items():
-      model = train.build_from_config(cfg.model, num_classes).clone(input_size=None)
+      model = build_from_config(cfg.model, num_classes).clone(input_size=None)
       speed = profiling.measure_throughput(model, checkpoints.load_variables(workdir),
                                            batch_size=batch_size,
                                            num_frames=cfg.data.num_frames,
@@ -121,7 +122,7 @@ def _figures(trained, results, out_dir, num_clips: int = 64):
   models = {}
   for run, name in (("baseline", "Baseline"), ("reskd", "ResKD")):
     run_cfg, workdir, num_classes = trained[run]
-    models[name] = (train.build_from_config(run_cfg.model, num_classes),
+    models[name] = (build_from_config(run_cfg.model, num_classes),
                     checkpoints.load_variables(workdir))
   paths = visualize.figure4(models, videos, out_dir)
   points = {run: dict(r, label=f"{run} ({r['resolution']} px)") for run, r in results.items()}
@@ -168,7 +169,6 @@ def main(argv=None) -> int:
   parser.add_argument("--ablations", action="store_true",
                       help="also train the ablations of Tables 5 and 6 (after the demo)")
   args = parser.parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
   try:
     demo_config = load_config_file(args.config)

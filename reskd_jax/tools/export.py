@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 from reskd_jax import platforms
 from reskd_jax.data import clips
 from reskd_jax.errors import EXIT_BAD_INPUT, ReskdError
-from reskd_jax.fileio import write_json_atomic
+from reskd_jax.fileio import atomic_path, write_json_atomic
 from reskd_jax.tools.exported import ARTIFACT_FILE, INFO_FILE
 
 if TYPE_CHECKING:
@@ -121,11 +120,8 @@ def save_tf_saved_model(model: inference.TrainedModel, path: str) -> str:
   module._variables = tf.nest.flatten(tf_vars)  # tracked, saved with the model
   module.serve = tf.function(lambda video: {"probabilities": converted(tf_vars, video)},
                              input_signature=[spec], autograph=False)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-  shutil.rmtree(path, ignore_errors=True)
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:  # an existing SavedModel stays until the new one is whole
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
   return path
 
 
@@ -136,9 +132,8 @@ def export_directory(model: inference.TrainedModel, output: str, *,
   os.makedirs(output, exist_ok=True)
   exported = export_model(model, platforms)
   path = os.path.join(output, ARTIFACT_FILE)
-  with open(path + ".tmp", "wb") as f:
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
     f.write(exported.serialize())
-  os.replace(path + ".tmp", path)
   info = describe(model, platforms)
   info["files"] = {"jax_export": ARTIFACT_FILE}
   log(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, platforms {', '.join(platforms)})")
@@ -158,7 +153,6 @@ def export_directory(model: inference.TrainedModel, output: str, *,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from reskd_jax.tools import inference
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   p = argparse.ArgumentParser(prog="python -m reskd_jax.tools.export",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -19,18 +19,20 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reskd_jax import augment, checkpoints, models, train_step
-from reskd_jax.data import records
+from reskd_jax import augment, checkpoints, meta as meta_lib, models, train_step
+from reskd_jax.data import clips, records
 from reskd_jax.errors import CheckpointError, ConfigError
 from reskd_jax.fileio import read_json
 from reskd_jax.tools import exported
 
-# Test transform of a run whose meta.json does not say (e.g. converted weights).
+# Test transform of a run whose meta.json does not say (e.g. converted weights): the keys
+# the trainer records (meta.TEST_TRANSFORM_KEYS) at configs/default.py's values.
 DEFAULT_TRANSFORM = {
     "sampling": "tsn", "num_frames": 8, "clip_len": 8, "frame_interval": 8,
     "short_side": 256, "crop_size": 224, "test_num_clips": 1, "test_num_crops": 1,
@@ -41,7 +43,7 @@ DEFAULT_TRANSFORM = {
 @dataclasses.dataclass
 class TrainedModel:
   """A classifier, its variables, its class names and its test transform (``data``)."""
-  model: models.VideoClassifier
+  model: nn.Module  # any family's classifier (models.build_model)
   variables: Dict[str, Any]
   class_names: tuple
   data: ml_collections.ConfigDict
@@ -112,18 +114,14 @@ def transform_config(meta: Mapping[str, Any],
     data["num_frames"] = int(meta["num_segments"])
   data.update(meta.get("data") or {})
   data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-  unknown = sorted(set(data) - set(DEFAULT_TRANSFORM))
+  unknown = sorted(set(data) - set(meta_lib.TEST_TRANSFORM_KEYS))
   if unknown:
     raise ConfigError(f"unknown test transform key(s) {unknown}; expected "
-                      f"{sorted(DEFAULT_TRANSFORM)}")
+                      f"{sorted(meta_lib.TEST_TRANSFORM_KEYS)}")
   data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
-  if data["sampling"] not in ("tsn", "dense") or data["test_num_crops"] not in (1, 3):
-    raise ConfigError(f"test transform: sampling={data['sampling']!r} (tsn or dense), "
-                      f"test_num_crops={data['test_num_crops']} (1 or 3)")
-  if data["short_side"] < data["crop_size"]:
-    raise ConfigError(f"test transform: short side {data['short_side']} is smaller than "
-                      f"the crop {data['crop_size']}")
-  return ml_collections.ConfigDict(data)
+  data = ml_collections.ConfigDict(data)
+  clips.check_clip_config(data, "test transform")
+  return data
 
 
 def load(path: str, *, classes: Optional[str] = None,
@@ -149,7 +147,8 @@ def load(path: str, *, classes: Optional[str] = None,
     raise CheckpointError(f"{path}: meta.json has no 'arch' (is this a variables directory "
                           f"written by the trainer or reskd_jax.tools.convert_weights?)")
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  num_classes = int(meta.get("num_classes") or variables["params"]["fc"]["bias"].shape[0])
+  head = variables["params"][models.HEAD_NAME]
+  num_classes = int(meta.get("num_classes") or head["bias"].shape[0])
   names: Sequence[str] = meta.get("class_names") or ()
   if classes:
     names = read_class_names(classes)

@@ -43,7 +43,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reskd_jax import checkpoints, config_checks, log_filter, models, optim, platforms, train_step
+from reskd_jax import config_checks, log_filter, meta as meta_lib, models, optim, platforms
+from reskd_jax import train_step, workdir as workdir_lib
 from reskd_jax.data import clips
 from reskd_jax.errors import ConfigError, ReskdError
 from reskd_jax.fileio import read_json, write_json_atomic
@@ -123,8 +124,8 @@ def _prepare_teacher(config) -> List[str]:
   meta = {}
   path = config.teacher.checkpoint
   if path:  # the meta.json alone is enough: a plan never reads the weights
-    for where in (path, os.path.join(path, checkpoints.VARIABLES_SUBDIR)):
-      meta = read_json(os.path.join(where, checkpoints.META_FILE), default=None) or {}
+    for where in (path, os.path.join(path, workdir_lib.VARIABLES)):
+      meta = read_json(os.path.join(where, meta_lib.FILE), default=None) or {}
       if meta:
         break
   if meta:
@@ -141,8 +142,7 @@ def _prepare_teacher(config) -> List[str]:
 
 def _check(config) -> int:
   """The config checks of `train` that do not need data or local devices; the class count."""
-  if config.mode not in train_step.MODES:
-    raise ConfigError(f"config.mode={config.mode!r}: expected one of {train_step.MODES}")
+  train_step.check_mode(config.mode, config.kd_method)
   blocks = ("model", "teacher") if config.mode == "reskd" else ("model",)
   for key in blocks:
     if config[key].name is not None:

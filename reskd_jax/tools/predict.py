@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -138,7 +137,6 @@ def _print_text(out: Dict[str, Any], device: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = _parser().parse_args(argv)
   platforms.hide_gpus_from_tf()
   transform = {"num_frames": args.num_frames, "short_side": args.short_side,

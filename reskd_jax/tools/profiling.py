@@ -11,7 +11,8 @@
   A batch size of 0 (the default) picks one that fits the platform: the
   paper's 64 on accelerators, 1 on a CPU, where a CPU also profiles float32
   only and times 2 calls unless ``config.profile.dtypes`` / ``timed_runs`` say
-  otherwise (the default report then finishes in minutes on 2 cores);
+  otherwise (so that the default report stays short on a CPU; its timings are in
+  docs/benchmarks.md);
 - XLA's memory estimate of the compiled forward (arguments + outputs +
   temporaries), and the device's peak memory where ``memory_stats()`` reports
   it (accelerators; ``None`` on CPU). The device peak is process-wide and only
@@ -26,7 +27,6 @@ Weights are random: speed does not depend on them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -39,13 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax.errors import ConfigError
+from reskd_jax.fileio import atomic_path, write_json_atomic
 from reskd_jax.models import registry
 from reskd_jax.tools import flops
 
 PAPER_RATIO_112_224 = 3.3  # Table 4: R50 student, V100, batch 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PAPER_BATCH_SIZE = 64  # Table 4's throughput batch
-CPU_BATCH_SIZE = 1  # a ResNet-50 at 224 x 16 frames takes about a second per video on 2 cores
+CPU_BATCH_SIZE = 1  # a CPU runs a ResNet-50 at 224 x 16 frames slowly (docs/benchmarks.md)
 CPU_TIMED_RUNS = 2
 
 
@@ -303,9 +304,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
       "paper_ratio_112_224": PAPER_RATIO_112_224,
       "rows": rows,
   }
-  with open(os.path.join(workdir, "profile.json"), "w") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(workdir, "profile.txt"), "w") as f:
+  write_json_atomic(os.path.join(workdir, "profile.json"), report, sort_keys=False)
+  with atomic_path(os.path.join(workdir, "profile.txt")) as tmp, open(tmp, "w") as f:
     f.write(text + "\n")
   return rows

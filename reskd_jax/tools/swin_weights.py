@@ -40,7 +40,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from reskd_jax.errors import WeightsError
-from reskd_jax.models import registry, swin
+from reskd_jax.models import HEAD_NAME, registry, swin
 
 FORMATS = ("videoswin", "swin2d")
 HEAD_KEY = "cls_head.fc_cls.weight"
@@ -149,7 +149,7 @@ def inflate_2d(sd: Mapping[str, Any], window_size, patch_size) -> Dict[str, Any]
 def source_key(path: Tuple[str, ...]) -> Tuple[str, str]:
   """(the release's key, kind) of a Flax leaf path below ``params``."""
   *modules, leaf = path
-  if modules[0] == "fc":
+  if modules[0] == HEAD_NAME:
     prefix = "cls_head.fc_cls"
   else:
     prefix = ".".join(re.sub(r"^(layers|blocks)_(\d+)$", r"\1.\2", m) for m in modules)

@@ -19,15 +19,13 @@ import sys
 from typing import Any, Dict, List
 
 from reskd_jax import workdir as workdir_lib
+from reskd_jax.fileio import write_json_atomic
 from reskd_jax.tools import plots
 
-RESULTS = workdir_lib.RESULTS
-
-
 def read_results(workdir: str) -> Dict[str, Any]:
-  path = os.path.join(workdir, RESULTS)
+  path = os.path.join(workdir, workdir_lib.RESULTS)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} has no {RESULTS} (has the run finished its "
+    raise FileNotFoundError(f"{workdir!r} has no {workdir_lib.RESULTS} (has the run finished its "
                             f"final evaluation?)")
   with open(path) as f:
     try:
@@ -78,8 +76,8 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   summary = os.path.splitext(args.out)[0] + ".json"
-  with open(summary, "w") as f:
-    json.dump({"reskd": points, "baseline": baseline, "teacher": teacher}, f, indent=2)
+  write_json_atomic(summary, {"reskd": points, "baseline": baseline, "teacher": teacher},
+                    sort_keys=False)
   metric = args.metric or plots.choose_metric(points + baseline + ([teacher] if teacher else []))
   for name, group in (("reskd", points), ("baseline", baseline), ("teacher", [teacher] if teacher else [])):
     for r in sorted(group, key=lambda r: r["gflops_per_video"]):
