@@ -266,12 +266,13 @@ def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
   if teacher.name is None:
     raise ConfigError(f"config.teacher.name is unset and the meta.json of {where} does not "
                       f"name the architecture; set config.teacher.name")
-  frames, num_frames = meta.get("num_segments"), config.data.num_frames
+  frames, num_frames = meta.get("num_segments"), clips.frames_per_clip(config.data)
   if frames and frames != num_frames:
     if teacher.tsm:
+      key = "num_frames" if config.data.sampling == "tsn" else "clip_len"
       raise ConfigError(
           f"the TSM teacher at {where} was trained on num_segments={frames} frames per clip "
-          f"but config.data.num_frames={num_frames}; temporal shifts need the same count")
+          f"but config.data.{key}={num_frames}; temporal shifts need the same count")
     train_utils.warn(f"the teacher at {where} was trained on {frames} frames per clip; this "
                      f"run gives it {num_frames}")
 
@@ -355,7 +356,7 @@ def check_teacher_alignment(config, student, teacher, teacher_vars, classes: int
                       f"num_classes={meta['num_classes']} (its meta.json) but this run has "
                       f"{classes} classes")
   expected = jax.eval_shape(lambda: models.init_variables(
-      teacher, jax.random.key(0), config.data.num_frames, config.data.crop_size))
+      teacher, jax.random.key(0), clips.frames_per_clip(config.data), config.data.crop_size))
   got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), teacher_vars)
   exp_shapes = {jax.tree_util.keystr(k): v.shape
                 for k, v in jax.tree_util.tree_leaves_with_path(expected)}
