@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import losses, meta as meta_lib, models, train_step, train_utils
-from reskd_jax.data import clips
+from reskd_jax.data import clips, labels
 from reskd_jax.errors import CheckpointError, ConfigError
 
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
@@ -331,16 +331,8 @@ def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str)
         f"the teacher at {where} was trained at {trained} px (its meta.json) but this run feeds "
         f"it {fed} px (config.data.crop_size / config.teacher.input_size); set "
         f"config.teacher.allow_other_resolution=True if that is intended")
-  names, ours = list(meta.get("class_names") or ()), list(class_names or ())
-  if names and ours and names != ours and not teacher.get("allow_other_classes", False):
-    if sorted(names) == sorted(ours):
-      first = next(i for i, (a, b) in enumerate(zip(names, ours)) if a != b)
-      what = (f"the same {len(ours)} classes in another order (label {first} is "
-              f"{names[first]!r} for the teacher, {ours[first]!r} in the data set)")
-    else:
-      only = sorted(set(names) - set(ours))[:3] or sorted(set(ours) - set(names))[:3]
-      what = (f"other classes ({len(names)} vs {len(ours)}; e.g. {only} in one but not the "
-              f"other)")
+  what = labels.difference(meta.get("class_names"), class_names)
+  if what and not teacher.get("allow_other_classes", False):
     raise ConfigError(
         f"the teacher at {where} was trained on {what}, not on those of config.data.data_dir="
         f"{config.data.data_dir!r} (its meta.json class_names vs the data set's manifest); "
@@ -350,7 +342,11 @@ def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str)
 
 def check_teacher_alignment(config, student, teacher, teacher_vars, classes: int,
                             meta: Optional[Mapping[str, Any]] = None) -> None:
-  """The teacher must fit its config, and its outputs must align with the student's."""
+  """The teacher must fit its config, and its outputs must align with the student's.
+
+  Only the class count is compared here; the class names and their order are
+  (``check_teacher_data``, by ``labels.difference``) when its meta.json records them.
+  """
   if meta and meta.get("num_classes") not in (None, classes):
     raise ConfigError(f"the teacher at {config.teacher.checkpoint!r} has "
                       f"num_classes={meta['num_classes']} (its meta.json) but this run has "

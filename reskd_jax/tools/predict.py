@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
   p.add_argument("--top-k", type=int, default=5, help="classes shown per video (default 5)")
   p.add_argument("--classes", default=None,
-                 help="class names when meta.json has none: a text file (one a line), a JSON "
-                      "list, or a converted data set directory (manifest.json)")
+                 help="class names when meta.json has none: a text file (one a line, or "
+                      "'0 abseiling' lines), a JSON list, or a converted data set directory "
+                      "(manifest.json)")
   g = p.add_argument_group("test transform (default: the run's, from meta.json)")
   g.add_argument("--num-frames", type=int, default=None, help="TSN segments T")
   g.add_argument("--short-side", type=int, default=None, help="resize the short side to this")
