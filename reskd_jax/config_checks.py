@@ -269,10 +269,10 @@ def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
   frames, num_frames = meta.get("num_segments"), clips.frames_per_clip(config.data)
   if frames and frames != num_frames:
     if teacher.tsm:
-      key = "num_frames" if config.data.sampling == "tsn" else "clip_len"
       raise ConfigError(
           f"the TSM teacher at {where} was trained on num_segments={frames} frames per clip "
-          f"but config.data.{key}={num_frames}; temporal shifts need the same count")
+          f"but config.data.{clips.frames_key(config.data)}={num_frames}; temporal shifts "
+          f"need the same count")
     train_utils.warn(f"the teacher at {where} was trained on {frames} frames per clip; this "
                      f"run gives it {num_frames}")
 

@@ -6,6 +6,7 @@ had a rule of their own.
 """
 
 import io
+import json
 
 import jax
 import numpy as np
@@ -14,12 +15,13 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import default as default_config, minik_r50_112, minik_r152_224
-from reskd_jax import config_checks, errors, gflops, meta as meta_lib, models, train
+from reskd_jax import checkpoints, config_checks, errors, gflops, meta as meta_lib, models, train
 from reskd_jax.data import clips, resize, video_io
-from reskd_jax.tools import profiling
+from reskd_jax.tools import inference, predict, profiling
 
 from data_prep import encode
 from data_prep.items import Item
+from data_helpers import make_frames, put_video
 
 NUM_CLASSES = 4
 
@@ -89,6 +91,20 @@ def test_tsm_teacher_frames_are_checked_against_the_frames_per_clip():
   cfg = _dense_config(clip_len=4, num_frames=8)
   with pytest.raises(errors.ConfigError, match=r"num_segments=8 .* config.data.clip_len=4"):
     config_checks.fill_teacher(cfg, _tsm_teacher_meta(8), "t")
+
+
+def test_predict_num_frames_sets_a_dense_models_clip_len(tmp_path, capsys):
+  meta = {"arch": "resnet18", "num_classes": 2, "strides": [1, 2, 2, 2], "width": 4,
+          "stage_sizes": [1, 1, 1, 1], "stem": "small",
+          "data": {"sampling": "dense", "num_frames": 8, "clip_len": 8, "frame_interval": 1,
+                   "short_side": 32, "crop_size": 32}}
+  variables = models.init_variables(inference.build_model(meta, 2), jax.random.key(0), 2, 32)
+  weights = checkpoints.save_variables(str(tmp_path / "dense"), variables, meta)
+  video = str(tmp_path / "v.mp4")
+  put_video(video, make_frames(0, num=6, h=32, w=40))
+  assert predict.main([f"--workdir={weights}", "--num-frames=3", "--json", video]) == 0
+  transform = json.loads(capsys.readouterr().out)["transform"]
+  assert (transform["clip_len"], transform["num_frames"]) == (3, 8)
 
 
 # ----------------------------------------------------------------------------
