@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Tuple
 
-from PIL import Image
+from reskd_jax.data import resize
 from reskd_jax.data.records import LAYOUT_FRAMES, LAYOUTS, make_sequence_example
 
 from data_prep.image import encode_jpeg
@@ -46,18 +46,6 @@ class ConvertOptions:
     return dataclasses.asdict(self)
 
 
-def resized_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
-  """(new_w, new_h) with the short side `short_side`, aspect kept (0: unchanged), by the
-  input pipeline's rule (`reskd_jax.data.sampling.short_side_size`, mmcv.rescale_size)."""
-  if not short_side:
-    return width, height
-  # Imported here: it builds TF ops, and TensorFlow is loaded only once frames are encoded.
-  from reskd_jax.data.sampling import short_side_size
-
-  new_h, new_w = short_side_size(height, width, short_side)
-  return int(new_w), int(new_h)
-
-
 def kept_frames(num_frames: int, max_frames: int) -> List[int]:
   """Indices of the frames kept of `num_frames` when at most `max_frames` are (0: all):
   the centre frame int((i + 0.5) * num_frames / max_frames) of each of `max_frames` equal
@@ -69,19 +57,18 @@ def kept_frames(num_frames: int, max_frames: int) -> List[int]:
 
 def encode_frames(item: Item, options: ConvertOptions
                   ) -> Tuple[List[bytes], int, int, Optional[str]]:
-  """(list of JPEG bytes, height, width, partial): frames resized to the short side,
-  streamed so that long videos never sit decoded in memory. Every frame gets the first
-  frame's size. `partial` is None for a complete video, else why it is incomplete (only
-  with `options.allow_partial`; without it a partial video raises PartialItem).
+  """(list of JPEG bytes, height, width, partial): frames resized to the short side
+  (`reskd_jax.data.resize.resize_frames`, the predictor's loop too), streamed so that long
+  videos never sit decoded in memory. Every frame gets the first frame's size. `partial`
+  is None for a complete video, else why it is incomplete (only with
+  `options.allow_partial`; without it a partial video raises PartialItem).
   With `options.max_frames`, only `kept_frames` of the decoded frames are returned (every
   frame is still decoded and encoded: the count is known only at the end of a stream)."""
-  jpegs, size, partial = [], None, None
+  jpegs, size, partial = [], None, None  # size: (width, height), PIL's order
   try:
-    for img in iter_frames(item, options.frame_options()):
-      if size is None:
-        size = resized_size(img.width, img.height, options.short_side)
-      if img.size != size:
-        img = img.resize(size, Image.BILINEAR)
+    for img in resize.resize_frames(iter_frames(item, options.frame_options()),
+                                    options.short_side):
+      size = img.size
       jpegs.append(encode_jpeg(img, options.jpeg_quality))
   except PartialItem as e:
     if not options.allow_partial or not jpegs:

@@ -2,91 +2,41 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
+
+from reskd_jax.data import labels
 
 from data_prep.items import ConversionError, ItemError
 
 
 def read_text(path: str, what: str = "annotation file") -> str:
-  """Reads a whole UTF-8 text file; every failure becomes a ConversionError naming it.
-
-  A leading byte-order mark (files saved by Windows tools or exported from
-  spreadsheets) is dropped: it would otherwise stick to the first class name,
-  path or column name.
-  """
-  try:
-    with open(path, encoding="utf-8-sig") as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise ConversionError(f"{what} {path!r} does not exist") from None
-  except IsADirectoryError:
-    raise ConversionError(f"{what} {path!r} is a directory, not a file") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise ConversionError(f"cannot read {what} {path!r}: {e}") from None
-  if not text.strip():
-    raise ConversionError(f"{what} {path!r} is empty")
-  return text
+  """A whole UTF-8 text file (`reskd_jax.data.labels.read_text`: a byte-order mark
+  dropped); every failure is a ConversionError naming it."""
+  with _conversion_errors():
+    return labels.read_text(path, what)
 
 
 def read_json(path: str, what: str = "annotation file"):
-  text = read_text(path, what)
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ConversionError(f"{what} {path!r} is not valid JSON: {e}") from None
+  with _conversion_errors():
+    return labels.read_json(path, what)
 
 
 def load_classes(path: str) -> List[str]:
-  """A class list file.
-
-  Text: one class name per line (blank lines ignored), the line order gives the
-  indices; a line `<index> <name>` or `<name> <index>` also works when every
-  line has that form (mmaction2's label maps). JSON: a list of names, or an
-  object mapping name -> index (Something-Something's labels file).
-  """
-  if path.endswith(".json"):
-    data = read_json(path, "class list")
-    if isinstance(data, list):
-      names = [str(n) for n in data]
-    elif isinstance(data, dict):
-      try:
-        pairs = sorted((int(v), str(k)) for k, v in data.items())
-      except (TypeError, ValueError):
-        raise ConversionError(f"class list {path!r}: values must be class indices") from None
-      if [i for i, _ in pairs] != list(range(len(pairs))):
-        raise ConversionError(f"class list {path!r}: indices are not 0..{len(pairs) - 1}")
-      names = [n for _, n in pairs]
-    else:
-      raise ConversionError(f"class list {path!r}: expected a JSON list or object")
-  else:
-    lines = [l.strip() for l in read_text(path, "class list").splitlines() if l.strip()]
-    names = _maybe_indexed(lines) or lines
-  if len(set(names)) != len(names):
-    dup = sorted({n for n in names if names.count(n) > 1})
-    raise ConversionError(f"class list {path!r} repeats class names: {dup[:5]}")
-  return names
+  """A `--classes` file, parsed by the one rule (`reskd_jax.data.labels.load_classes`:
+  one name a line, `0 abseiling` lines, JSON lists and name -> index objects; repeated
+  names refused); its errors are ConversionErrors, which stop a conversion."""
+  with _conversion_errors():
+    return labels.load_classes(path)
 
 
-def _maybe_indexed(lines: Sequence[str]) -> Optional[List[str]]:
-  """`0 abseiling` / `abseiling 0` lines -> names in index order, else None."""
-  pairs = []
-  for line in lines:
-    parts = line.split(None, 1)
-    if len(parts) != 2:
-      return None
-    if parts[0].isdigit():
-      pairs.append((int(parts[0]), parts[1].strip()))
-    else:
-      last = line.rsplit(None, 1)
-      if not last[1].isdigit():
-        return None
-      pairs.append((int(last[1]), last[0].strip()))
-  pairs.sort()
-  if [i for i, _ in pairs] != list(range(len(pairs))):
-    return None
-  return [n for _, n in pairs]
+@contextlib.contextmanager
+def _conversion_errors():
+  try:
+    yield
+  except labels.ClassListError as e:
+    raise ConversionError(str(e)) from None
 
 
 def is_index(token: str) -> bool:

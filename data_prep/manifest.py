@@ -8,6 +8,7 @@ import fcntl
 import os
 from typing import Iterator, List, Optional
 
+from reskd_jax.data import labels
 from reskd_jax.data.records import MANIFEST
 from reskd_jax.fileio import pid_alive, read_json, write_json_atomic
 
@@ -46,10 +47,11 @@ def check_classes(out_dir: str, classes: List[str]):
   list, or another conversion into it is running with another class list."""
   old = existing_classes(out_dir)
   if old is not None and old != list(classes):
+    what = (labels.difference(old, classes, "the manifest", "this conversion")
+            or f"{len(old)} classes, this conversion has {len(classes)}")
     raise ConversionError(
-        f"{os.path.join(out_dir, MANIFEST)} was written with another class list ({len(old)} "
-        f"classes, this conversion has {len(classes)}): convert into a fresh --out, or pass "
-        f"the same --classes")
+        f"{os.path.join(out_dir, MANIFEST)} was written with another class list ({what}): "
+        f"convert into a fresh --out, or pass the same --classes")
   for pid, claim in _claims(out_dir).items():
     if int(pid) != os.getpid() and claim.get("classes") != list(classes):
       raise ConversionError(

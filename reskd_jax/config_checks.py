@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reskd_jax import meta as meta_lib, models, train_step, train_utils
-from reskd_jax.data import clips
+from reskd_jax.data import clips, labels
 from reskd_jax.errors import CheckpointError, ConfigError
 
 EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
@@ -262,12 +262,13 @@ def fill_teacher(config, meta: Mapping[str, Any], where: str) -> None:
   if teacher.name is None:
     raise ConfigError(f"config.teacher.name is unset and the meta.json of {where} does not "
                       f"name the architecture; set config.teacher.name")
-  frames, num_frames = meta.get("num_segments"), config.data.num_frames
+  frames, num_frames = meta.get("num_segments"), clips.frames_per_clip(config.data)
   if frames and frames != num_frames:
     if teacher.tsm:
       raise ConfigError(
           f"the TSM teacher at {where} was trained on num_segments={frames} frames per clip "
-          f"but config.data.num_frames={num_frames}; temporal shifts need the same count")
+          f"but config.data.{clips.frames_key(config.data)}={num_frames}; temporal shifts "
+          f"need the same count")
     train_utils.warn(f"the teacher at {where} was trained on {frames} frames per clip; this "
                      f"run gives it {num_frames}")
 
@@ -326,16 +327,8 @@ def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str)
         f"the teacher at {where} was trained at {trained} px (its meta.json) but this run feeds "
         f"it {fed} px (config.data.crop_size / config.teacher.input_size); set "
         f"config.teacher.allow_other_resolution=True if that is intended")
-  names, ours = list(meta.get("class_names") or ()), list(class_names or ())
-  if names and ours and names != ours and not teacher.get("allow_other_classes", False):
-    if sorted(names) == sorted(ours):
-      first = next(i for i, (a, b) in enumerate(zip(names, ours)) if a != b)
-      what = (f"the same {len(ours)} classes in another order (label {first} is "
-              f"{names[first]!r} for the teacher, {ours[first]!r} in the data set)")
-    else:
-      only = sorted(set(names) - set(ours))[:3] or sorted(set(ours) - set(names))[:3]
-      what = (f"other classes ({len(names)} vs {len(ours)}; e.g. {only} in one but not the "
-              f"other)")
+  what = labels.difference(meta.get("class_names"), class_names)
+  if what and not teacher.get("allow_other_classes", False):
     raise ConfigError(
         f"the teacher at {where} was trained on {what}, not on those of config.data.data_dir="
         f"{config.data.data_dir!r} (its meta.json class_names vs the data set's manifest); "
@@ -345,13 +338,17 @@ def check_teacher_data(config, meta: Mapping[str, Any], class_names, where: str)
 
 def check_teacher_alignment(config, student, teacher, teacher_vars, classes: int,
                             meta: Optional[Mapping[str, Any]] = None) -> None:
-  """The teacher must fit its config, and its outputs must align with the student's."""
+  """The teacher must fit its config, and its outputs must align with the student's.
+
+  Only the class count is compared here; the class names and their order are
+  (``check_teacher_data``, by ``labels.difference``) when its meta.json records them.
+  """
   if meta and meta.get("num_classes") not in (None, classes):
     raise ConfigError(f"the teacher at {config.teacher.checkpoint!r} has "
                       f"num_classes={meta['num_classes']} (its meta.json) but this run has "
                       f"{classes} classes")
   expected = jax.eval_shape(lambda: models.init_variables(
-      teacher, jax.random.key(0), config.data.num_frames, config.data.crop_size))
+      teacher, jax.random.key(0), clips.frames_per_clip(config.data), config.data.crop_size))
   got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), teacher_vars)
   exp_shapes = {jax.tree_util.keystr(k): v.shape
                 for k, v in jax.tree_util.tree_leaves_with_path(expected)}

@@ -73,7 +73,7 @@ def _model_metadata(config, num_classes, class_names=()) -> Dict[str, Any]:
 
 
 def _gflops(config, model, variables) -> float:
-  return gflops.video_gflops(model, variables, config.data.num_frames,
+  return gflops.video_gflops(model, variables, clips.frames_per_clip(config.data),
                             student_resolution(config), with_xla=False)["gflops"]
 
 

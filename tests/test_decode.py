@@ -111,9 +111,9 @@ def _decode_whole_then_crop(string, ratio, window=None):
 def test_pipeline_output_unchanged_by_crop_aware_decoding(data_dir, monkeypatch, train,
                                                           overrides, max_unrolled):
   cfg = _cfg(data_dir, **overrides)
-  monkeypatch.setattr(ip, "_MAX_UNROLLED", max_unrolled)
+  monkeypatch.setattr(decode, "_MAX_UNROLLED", max_unrolled)
   crop_aware = _batches(cfg, train)
-  monkeypatch.setattr(ip, "_decode", _decode_whole_then_crop)
+  monkeypatch.setattr(decode, "_decode", _decode_whole_then_crop)
   whole = _batches(cfg, train)
   chex.assert_trees_all_equal(crop_aware, whole)
 
@@ -125,7 +125,7 @@ def test_unrolled_and_looped_decoding_agree(data_dir, monkeypatch):
     for train in (True, False):
       cfg = _cfg(data_dir, **overrides)
       unrolled = _batches(cfg, train)
-      monkeypatch.setattr(ip, "_MAX_UNROLLED", 0)
+      monkeypatch.setattr(decode, "_MAX_UNROLLED", 0)
       looped = _batches(cfg, train)
       monkeypatch.undo()
       chex.assert_trees_all_equal(unrolled, looped)

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import default
 from reskd_jax import augment
-from reskd_jax.data import pipeline as ip, records, sampling, transfer
+from reskd_jax.data import pipeline as ip, records, resize, sampling, transfer
 from reskd_jax.errors import DataError
 
 NUM_CLASSES = 12
@@ -232,7 +232,7 @@ def test_random_center_three_crop_and_resize():
   np.testing.assert_array_equal(sampling.three_crop_offsets(340, 256, 224).numpy(),
                                 [(16, 0), (16, 116), (16, 58)])
   for h, w in ((240, 320), (320, 240), (100, 333), (257, 455), (24, 32)):
-    got = tuple(int(v) for v in sampling.short_side_size(h, w, 256))
+    got = tuple(int(v) for v in resize.short_side_size(h, w, 256))
     assert got == ref_short_side(h, w, 256), (h, w)
 
 

@@ -8,9 +8,14 @@ TSN sampling gives `num_frames` frames, dense sampling `clip_len`.
 from reskd_jax.errors import ConfigError
 
 
+def frames_key(data_cfg) -> str:
+  """The key of `config.data` that sets T: num_frames for TSN sampling, clip_len for dense."""
+  return "num_frames" if data_cfg.sampling == "tsn" else "clip_len"
+
+
 def frames_per_clip(data_cfg) -> int:
   """T of the output: num_frames for TSN sampling, clip_len for dense sampling."""
-  return data_cfg.num_frames if data_cfg.sampling == "tsn" else data_cfg.clip_len
+  return getattr(data_cfg, frames_key(data_cfg))
 
 
 def decode_scale(data_cfg) -> int:

@@ -11,7 +11,7 @@ these into tf.data datasets.
 
 import tensorflow as tf
 
-from reskd_jax.data import clips, records, sampling
+from reskd_jax.data import clips, records, resize, sampling
 
 _EOI_WINDOW = 32  # a JPEG's end-of-image marker must lie in its last bytes
 # Pixels decoded around a crop window: libjpeg's chroma upsampling at a
@@ -148,7 +148,7 @@ def _decode_crops(strings, *, ratio: int, short_side: int, boxes_fn, out_size=No
   bit. Otherwise the frames are decoded whole and resized first.
   """
   dec_h, dec_w = _decoded_size(strings, ratio)
-  new_h, new_w = sampling.short_side_size(dec_h, dec_w, short_side)
+  new_h, new_w = resize.short_side_size(dec_h, dec_w, short_side)
   boxes = boxes_fn(new_h, new_w)
   stored_at_size = tf.logical_and(tf.equal(dec_h, new_h), tf.equal(dec_w, new_w))
 
@@ -311,7 +311,7 @@ def eval_views(images, inverse, data_cfg):
   """
   s = data_cfg.crop_size
   shape = tf.shape(images)
-  new_h, new_w = sampling.short_side_size(shape[1], shape[2], data_cfg.short_side)
+  new_h, new_w = resize.short_side_size(shape[1], shape[2], data_cfg.short_side)
   images = _resize(images, new_h, new_w)
   crops = [_crop(images, x, y, w, h) for x, y, w, h in _eval_boxes(data_cfg, s)(new_h, new_w)]
   return _stack_views(crops, inverse, data_cfg, s)

@@ -68,7 +68,7 @@ import numpy as np
 import tensorflow as tf
 
 from reskd_jax import platforms
-from reskd_jax.data import clips, decode, records, shard_check
+from reskd_jax.data import clips, decode, labels, records, shard_check
 
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -91,6 +91,7 @@ def dataset_info(data_dir: str) -> DatasetInfo:
   """Reads `<data_dir>/manifest.json` (FileNotFoundError with how-to-prepare if absent)."""
   manifest = records.read_manifest(data_dir)
   classes = tuple(manifest.get("classes", ()))
+  labels.check_unique(classes, f"the manifest of {data_dir!r}")
   splits = manifest.get("splits", {})
   return DatasetInfo(
       num_classes=len(classes),

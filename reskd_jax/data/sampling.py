@@ -8,8 +8,8 @@ how the tests compare them with NumPy transcriptions of mmaction2.
 
 Sources (mmaction2 0.x, `mmaction/datasets/pipelines/`):
   * loading.py   SampleFrames._get_train_clips / _get_test_clips, 'loop' mode.
-  * augmentations.py  Resize(scale=(-1, S)), MultiScaleCrop(num_fixed_crops=13),
-    RandomCrop, CenterCrop, ThreeCrop.
+  * augmentations.py  MultiScaleCrop(num_fixed_crops=13), RandomCrop, CenterCrop,
+    ThreeCrop (Resize(scale=(-1, S)), shared with the converter, is `resize`).
 
 Conventions: frame indices are 0-based; boxes are (x, y) offsets of the top
 left corner plus (w, h) sizes, in pixels of the short-side-resized frame.
@@ -125,14 +125,6 @@ def dense_test_indices(num_frames, clip_len: int, frame_interval: int, num_clips
   """Dense testing: SampleFrames(..., test_mode=True) -> [num_clips, clip_len], evenly spaced."""
   offsets = eval_clip_offsets(num_frames, clip_len, frame_interval, num_clips)
   return clip_frame_indices(offsets, clip_len, frame_interval, num_frames)
-
-
-def short_side_size(height, width, short_side: int):
-  """mmaction2 Resize(scale=(-1, short_side)) output size (mmcv.rescale_size): (new_h, new_w)."""
-  scale = float(short_side) / _f64(tf.minimum(_i32(height), _i32(width)))
-  new_h = _i32(_f64(height) * scale + 0.5)
-  new_w = _i32(_f64(width) * scale + 0.5)
-  return new_h, new_w
 
 
 def multiscale_crop_boxes(image_h, image_w, crop_size: int, scales: Sequence[float],

@@ -3,9 +3,8 @@
 The one reader shared by the converter (`data_prep` turns the frames into
 TFRecords) and the predictor (`reskd_jax.tools.predict` runs a trained model on the
 frames directly), so that both see the same pixels. Frames come out as RGB
-PIL images at the source size; :func:`read_video` resizes them by
-:func:`short_side_size` (mmcv ``rescale_size``, short side exact), the
-converter by ``data_prep.encode.resized_size``.
+PIL images at the source size; :func:`read_video` resizes them as the converter
+does (`reskd_jax.data.resize`).
 
 Incomplete sources are told apart from unreadable ones: a frame folder with
 gaps in its numbering (or fewer frames than its annotation says), or a video
@@ -32,6 +31,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from reskd_jax.data import resize
 from reskd_jax.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
@@ -57,17 +57,6 @@ class FrameOptions:
   allow_partial: bool = False  # frame folders with gaps: decode what is there
   autorotate: bool = True  # video files: apply the stream's display rotation, as players do
   resize_mixed_frames: bool = False  # frame folders: squeeze frames to the first one's size
-
-
-def short_side_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
-  """(new_w, new_h) with the short side exactly `short_side`, aspect kept (mmcv.rescale_size)."""
-  scale = short_side / min(width, height)
-  new_w, new_h = int(width * scale + 0.5), int(height * scale + 0.5)
-  if width <= height:
-    new_w = short_side
-  else:
-    new_h = short_side
-  return new_w, new_h
 
 
 def _tmpl_regex(tmpl: str) -> re.Pattern:
@@ -359,13 +348,9 @@ def read_video(path: str, short_side: int = 0,
   converter); 0 keeps the source size. An incomplete video raises
   PartialVideo unless ``opts.allow_partial``, which keeps the frames read.
   """
-  frames, size = [], None
+  frames = []
   try:
-    for img in read_frames(path, opts):
-      if size is None:
-        size = short_side_size(img.width, img.height, short_side) if short_side else img.size
-      if img.size != size:
-        img = img.resize(size, Image.BILINEAR)
+    for img in resize.resize_frames(read_frames(path, opts), short_side):
       frames.append(np.asarray(img, np.uint8))
   except PartialVideo:
     if not opts.allow_partial or not frames:

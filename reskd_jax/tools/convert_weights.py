@@ -43,7 +43,8 @@ import jax
 import numpy as np
 
 from reskd_jax import checkpoints, meta as meta_lib, models
-from reskd_jax.errors import WeightsError
+from reskd_jax.data import labels
+from reskd_jax.errors import DataError, WeightsError
 from reskd_jax.models import slowonly
 from reskd_jax.tools import swin_weights
 
@@ -572,9 +573,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--input", required=True, help="the .pth file")
   p.add_argument("--output", required=True, help="output directory")
   p.add_argument("--classes", default=None,
-                 help="the checkpoint's class names in classifier order (text file, one a line; "
-                      "a JSON list; or a converted data set directory), stored in meta.json so "
-                      "that runs can check the class order")
+                 help="the checkpoint's class names in classifier order (text file, one a line "
+                      "or '0 abseiling' lines; a JSON list; or a converted data set directory), "
+                      "stored in meta.json so that runs can check the class order")
   return p
 
 
@@ -585,13 +586,12 @@ def main(argv=None) -> int:
       raise WeightsError(f"--output={args.output!r} is a file; give a directory")
     names = ()
     if args.classes:
-      from reskd_jax.tools import inference  # the one reader of class lists
-      names = inference.read_class_names(args.classes)
+      names = labels.read_class_names(args.classes)
     meta = convert_file(args.input, args.output, args.arch, fmt=args.format, tsm=args.tsm,
                         num_segments=args.num_segments, num_classes=args.num_classes,
                         ignore_prefixes=tuple(p for p in args.ignore.split(",") if p),
                         class_names=names)
-  except (WeightsError, FileNotFoundError, OSError) as e:
+  except (WeightsError, DataError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {args.output}: {meta['arch']}, {meta['num_classes']} classes, "

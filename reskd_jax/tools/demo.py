@@ -30,7 +30,7 @@ import sys
 import time
 
 from reskd_jax import augment, checkpoints, train, workdir as workdir_lib
-from reskd_jax.data import pipeline
+from reskd_jax.data import clips, pipeline
 from reskd_jax.fileio import read_json, write_json_atomic
 from reskd_jax.models import build_from_config
 from reskd_jax.tools import ablation_table, erf, plots, profiling, visualize
@@ -101,7 +101,7 @@ def _measure_all(runs, batch_size: int, rounds: int = 3):
       model = build_from_config(cfg.model, num_classes).clone(input_size=None)
       speed = profiling.measure_throughput(model, checkpoints.load_variables(workdir),
                                            batch_size=batch_size,
-                                           num_frames=cfg.data.num_frames,
+                                           num_frames=clips.frames_per_clip(cfg.data),
                                            resolution=train.student_resolution(cfg),
                                            timed_runs=5)
       speeds[name].append(speed["videos_per_s"])

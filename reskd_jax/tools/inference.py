@@ -16,7 +16,6 @@ prediction, export and evaluation agree by construction.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -26,9 +25,8 @@ import ml_collections
 import numpy as np
 
 from reskd_jax import augment, checkpoints, meta as meta_lib, models, train_step
-from reskd_jax.data import clips, records
+from reskd_jax.data import clips, labels
 from reskd_jax.errors import CheckpointError, ConfigError
-from reskd_jax.fileio import read_json
 from reskd_jax.tools import exported
 
 # Test transform of a run whose meta.json does not say (e.g. converted weights): the keys
@@ -91,21 +89,6 @@ def build_model(meta: Mapping[str, Any], num_classes: int):
                                   num_segments=meta.get("num_segments") if tsm else None)
 
 
-def read_class_names(source: str) -> tuple:
-  """Class names from a text file (one a line), a JSON list, or a data set's manifest dir."""
-  if os.path.isdir(source):
-    return tuple(records.read_manifest(source).get("classes", ()))
-  if not os.path.isfile(source):
-    raise FileNotFoundError(f"class names: no such file or data set directory: {source!r}")
-  if source.endswith(".json"):
-    names = read_json(source)
-    if isinstance(names, dict):  # name -> index
-      names = [n for n, _ in sorted(names.items(), key=lambda kv: int(kv[1]))]
-    return tuple(str(n) for n in names)
-  with open(source, encoding="utf-8") as f:
-    return tuple(line.strip() for line in f if line.strip())
-
-
 def transform_config(meta: Mapping[str, Any],
                      overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
   """The test transform: ``DEFAULT_TRANSFORM`` < meta.json's ``data`` < ``overrides``."""
@@ -130,8 +113,8 @@ def load(path: str, *, classes: Optional[str] = None,
   """The model of a workdir / variables directory at ``path``.
 
   Args:
-    classes: where to read the class names when meta.json has none (a text
-      file, a JSON list, or a converted data set directory with manifest.json).
+    classes: where to read the class names when meta.json has none: a class list
+      file or a converted data set directory (``reskd_jax.data.labels.read_class_names``).
     transform: test transform overrides (keys of ``DEFAULT_TRANSFORM``; None
       values are ignored).
     meta_overrides: meta.json entries to replace (e.g. ``{"arch": ...}``; None
@@ -151,7 +134,7 @@ def load(path: str, *, classes: Optional[str] = None,
   num_classes = int(meta.get("num_classes") or head["bias"].shape[0])
   names: Sequence[str] = meta.get("class_names") or ()
   if classes:
-    names = read_class_names(classes)
+    names = labels.read_class_names(classes)
   if names and len(names) != num_classes:
     raise ConfigError(f"{len(names)} class names for a {num_classes}-class model at {path!r}")
   data = transform_config(meta, transform)

@@ -45,10 +45,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
   p.add_argument("--top-k", type=int, default=5, help="classes shown per video (default 5)")
   p.add_argument("--classes", default=None,
-                 help="class names when meta.json has none: a text file (one a line), a JSON "
-                      "list, or a converted data set directory (manifest.json)")
+                 help="class names when meta.json has none: a text file (one a line, or "
+                      "'0 abseiling' lines), a JSON list, or a converted data set directory "
+                      "(manifest.json)")
   g = p.add_argument_group("test transform (default: the run's, from meta.json)")
-  g.add_argument("--num-frames", type=int, default=None, help="TSN segments T")
+  g.add_argument("--num-frames", type=int, default=None,
+                 help="frames per clip T (TSN segments, or a dense model's clip_len)")
   g.add_argument("--short-side", type=int, default=None, help="resize the short side to this")
   g.add_argument("--crop-size", type=int, default=None, help="square crop side")
   g.add_argument("--num-clips", type=int, default=None, help="test clips per video")
@@ -139,11 +141,12 @@ def _print_text(out: Dict[str, Any], device: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
   platforms.hide_gpus_from_tf()
-  transform = {"num_frames": args.num_frames, "short_side": args.short_side,
-               "crop_size": args.crop_size, "test_num_clips": args.num_clips,
-               "test_num_crops": args.num_crops}
+  transform = {"short_side": args.short_side, "crop_size": args.crop_size,
+               "test_num_clips": args.num_clips, "test_num_crops": args.num_crops}
   try:
     model = inference.load(args.workdir, classes=args.classes, transform=transform)
+    if args.num_frames is not None:  # T is clip_len for a model of dense sampling
+      model.data[clips.frames_key(model.data)] = args.num_frames
     options = video_io.FrameOptions(frame_stride=args.frame_stride, fps=args.fps,
                                     filename_tmpl=args.filename_tmpl,
                                     allow_partial=args.allow_partial)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reskd_jax.data import clips
 from reskd_jax.errors import ConfigError
 from reskd_jax.fileio import atomic_path, write_json_atomic
 from reskd_jax.models import registry
@@ -233,7 +234,7 @@ def run_profile(config, workdir: str, resolutions: Optional[Sequence[int]] = Non
                  "--config.profile.dtypes=\"('float32', 'bfloat16')\")")
   for note in notes:
     print(f"profile: {note}", flush=True)
-  num_frames = int(config.data.num_frames)
+  num_frames = int(clips.frames_per_clip(config.data))
   if not resolutions:
     raise ConfigError("no resolutions to profile (config.profile.resolutions is empty)")
 
