@@ -11,7 +11,7 @@ optionally ``resolution`` and ``label``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
