@@ -41,7 +41,7 @@ def _dense_config(clip_len: int, num_frames: int = 4):
 def test_trainer_gflops_count_a_dense_runs_clip_len():
   """results.json's gflops_per_video of a dense run whose clip_len alone was overridden."""
   cfg = _dense_config(clip_len=2, num_frames=4)
-  model = train.build_from_config(cfg.model, NUM_CLASSES)
+  model = models.build_from_config(cfg.model, NUM_CLASSES)
   size = train.student_resolution(cfg)
   variables = jax.eval_shape(lambda: models.init_variables(
       models.with_bn_axis(model, None), jax.random.key(0), 2, size))
