@@ -164,6 +164,14 @@ def evaluate(eval_fn, variables, batches, put_batch, multi_label: bool,
   return metrics
 
 
+def sharded_eval_step(config, model, dtype, mesh):
+  """The eval step of ``config`` (the student in eval mode, the run's normalisation) over
+  ``mesh``: class probabilities of every view."""
+  step = train_step.make_eval_step(model=models.with_bn_axis(model, None),
+                                   mean=config.data.mean, std=config.data.std, dtype=dtype)
+  return train_step.shard_eval_step(step, mesh)
+
+
 class Evaluator:
   """Multi-view evaluation on the eval split; the step and data set are built once.
 
@@ -173,9 +181,7 @@ class Evaluator:
   """
 
   def __init__(self, config, model, mesh, num_classes: int, info, dtype=jnp.float32):
-    step = train_step.make_eval_step(model=models.with_bn_axis(model, None),
-                                     mean=config.data.mean, std=config.data.std, dtype=dtype)
-    self._fn = train_step.shard_eval_step(step, mesh)
+    self._fn = sharded_eval_step(config, model, dtype, mesh)
     self._split = config.data.eval_split
     self._dataset = pipeline.create_dataset(
         config.data, self._split, train=False,

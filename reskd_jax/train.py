@@ -280,6 +280,40 @@ def _segment(config, workdir: str, start_step: int, saved_config) -> Dict[str, A
   return {"history": history, "segment": segment}
 
 
+def build_networks(config, num_classes: int, dtype) -> Tuple[Any, Optional[Any]]:
+  """(student, teacher) of a run as training builds them (teacher None unless ResKD):
+  BatchNorm statistics averaged over the mesh's data axis when ``config.sync_bn``; the
+  teacher's head never runs under dropout (only its BatchNorm may see train mode)."""
+  bn_axis = train_step.AXIS if config.sync_bn else None
+  student = models.build_from_config(config.model, num_classes, dtype=dtype,
+                                     bn_axis_name=bn_axis)
+  teacher = None
+  if config.mode == "reskd":
+    teacher = models.build_from_config(config.teacher, num_classes, dtype=dtype,
+                                       bn_axis_name=bn_axis, dropout_rate=0.0)
+  return student, teacher
+
+
+def create_optimizer(config, params, steps_per_epoch: int, num_train_steps: int):
+  """(optax transformation, learning-rate schedule) of ``config.optimizer``; with gradient
+  accumulation the schedule counts optimizer updates, the train step micro-batches."""
+  schedule = optim.learning_rate_schedule(
+      config.optimizer, *optim.schedule_steps(config.optimizer, config.batch_size,
+                                              steps_per_epoch, num_train_steps),
+      by_epoch=config.optimizer.get("lr_by_epoch", True))
+  return optim.create_optimizer(config.optimizer, params, schedule), schedule
+
+
+def sharded_train_step(config, student, teacher, tx, dtype, mesh):
+  """The train step of ``config`` (mode, KD loss, normalisation, flip), run over ``mesh``."""
+  return train_step.shard_train_step(train_step.make_train_step(
+      student=student, teacher=teacher, tx=tx, mode=config.mode, kd_method=config.kd_method,
+      kd_weight=config.kd_weight, kd_temperature=config.kd_temperature,
+      teacher_train_mode_bn=config.teacher.train_mode_bn,
+      label_smoothing=config.label_smoothing, mean=config.data.mean, std=config.data.std,
+      flip=config.data.flip, dtype=dtype), mesh)
+
+
 def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per_epoch: int,
            num_train_steps: int, started: list) -> Dict[str, Any]:
   manager = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
@@ -290,9 +324,8 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
 
   mesh = train_step.make_mesh()
   dtype = config_checks.compute_dtype(config.dtype)
-  bn_axis = train_step.AXIS if config.sync_bn else None
   num_frames = clips.frames_per_clip(config.data)
-  student = models.build_from_config(config.model, num_classes, dtype=dtype, bn_axis_name=bn_axis)
+  student, teacher = build_networks(config, num_classes, dtype)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   variables = models.init_variables(models.with_bn_axis(student, None), init_rng, num_frames,
@@ -302,11 +335,8 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
     variables = checkpoints.merge_pretrained(variables,
                                              checkpoints.load_variables(config.model.init_from))
 
-  teacher, teacher_vars = None, {}
-  if config.mode == "reskd":
-    # The teacher's head never runs under dropout: only BN sees train mode.
-    teacher = models.build_from_config(config.teacher, num_classes, dtype=dtype,
-                                       bn_axis_name=bn_axis, dropout_rate=0.0)
+  teacher_vars = {}
+  if teacher is not None:
     teacher_vars = checkpoints.load_variables(config.teacher.checkpoint)
     teacher_vars = {k: teacher_vars[k] for k in ("params", "batch_stats") if k in teacher_vars}
     config_checks.check_teacher_alignment(config, student, models.with_bn_axis(teacher, None),
@@ -314,11 +344,7 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
 
   # With gradient accumulation the schedule counts optimizer updates, `step` micro-batches.
   accum = optim.grad_accum_steps(config.optimizer)
-  schedule = optim.learning_rate_schedule(
-      config.optimizer, *optim.schedule_steps(config.optimizer, config.batch_size,
-                                              steps_per_epoch, num_train_steps),
-      by_epoch=config.optimizer.get("lr_by_epoch", True))
-  tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
+  tx, schedule = create_optimizer(config, variables["params"], steps_per_epoch, num_train_steps)
   state = train_step.create_train_state(variables, tx)
 
   _check_checkpoint_fits(workdir, state)
@@ -338,12 +364,7 @@ def _train(config, workdir: str, info, num_classes: int, teacher_meta, steps_per
   state = train_step.replicate(state, mesh)
   teacher_vars = train_step.replicate(teacher_vars, mesh)
 
-  step_fn = train_step.shard_train_step(train_step.make_train_step(
-      student=student, teacher=teacher, tx=tx, mode=config.mode, kd_method=config.kd_method,
-      kd_weight=config.kd_weight, kd_temperature=config.kd_temperature,
-      teacher_train_mode_bn=config.teacher.train_mode_bn,
-      label_smoothing=config.label_smoothing, mean=config.data.mean, std=config.data.std,
-      flip=config.data.flip, dtype=dtype), mesh)
+  step_fn = sharded_train_step(config, student, teacher, tx, dtype, mesh)
 
   per_host = config.batch_size // jax.process_count()
   train_ds = pipeline.create_dataset(

@@ -43,8 +43,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reskd_jax import config_checks, log_filter, meta as meta_lib, models, optim, platforms
-from reskd_jax import train_step, workdir as workdir_lib
+from reskd_jax import config_checks, evaluate, log_filter, meta as meta_lib, models, optim
+from reskd_jax import platforms, train, train_step, workdir as workdir_lib
 from reskd_jax.data import clips
 from reskd_jax.errors import ConfigError, ReskdError
 from reskd_jax.fileio import read_json, write_json_atomic
@@ -163,41 +163,26 @@ class RunSteps:
     self.num_classes = _check(config)
     self.dtype = config_checks.compute_dtype(config.dtype)
     self.num_frames = clips.frames_per_clip(config.data)
-    bn_axis = train_step.AXIS if config.sync_bn else None
-    self.student = models.build_from_config(config.model, self.num_classes, dtype=self.dtype,
-                                            bn_axis_name=bn_axis)
+    self.student, self.teacher = train.build_networks(config, self.num_classes, self.dtype)
     init = models.with_bn_axis(self.student, None)
     variables = jax.eval_shape(lambda: models.init_variables(
         init, jax.random.key(0), self.num_frames, config.data.crop_size))
     # The schedule's step counts only shape a scalar function: any positive values do.
-    schedule = optim.learning_rate_schedule(
-        config.optimizer, *optim.schedule_steps(config.optimizer, config.batch_size, 100, 1000),
-        by_epoch=config.optimizer.get("lr_by_epoch", True))
-    self.tx = optim.create_optimizer(config.optimizer, variables["params"], schedule)
+    self.tx, _ = train.create_optimizer(config, variables["params"], 100, 1000)
     self.state = jax.eval_shape(lambda v: train_step.create_train_state(v, self.tx), variables)
-    self.teacher, self.teacher_vars = None, {}
-    if config.mode == "reskd":
-      self.teacher = models.build_from_config(config.teacher, self.num_classes,
-                                              dtype=self.dtype, bn_axis_name=bn_axis,
-                                              dropout_rate=0.0)
+    self.teacher_vars = {}
+    if self.teacher is not None:
       tvars = jax.eval_shape(lambda: models.init_variables(
           models.with_bn_axis(self.teacher, None), jax.random.key(0), self.num_frames,
           config.data.crop_size))
       self.teacher_vars = {k: tvars[k] for k in ("params", "batch_stats") if k in tvars}
 
   def train_fn(self, mesh):
-    c = self.config
-    return train_step.shard_train_step(train_step.make_train_step(
-        student=self.student, teacher=self.teacher, tx=self.tx, mode=c.mode,
-        kd_method=c.kd_method, kd_weight=c.kd_weight, kd_temperature=c.kd_temperature,
-        teacher_train_mode_bn=c.teacher.train_mode_bn, label_smoothing=c.label_smoothing,
-        mean=c.data.mean, std=c.data.std, flip=c.data.flip, dtype=self.dtype), mesh)
+    return train.sharded_train_step(self.config, self.student, self.teacher, self.tx,
+                                    self.dtype, mesh)
 
   def eval_fn(self, mesh):
-    c = self.config
-    return train_step.shard_eval_step(train_step.make_eval_step(
-        model=models.with_bn_axis(self.student, None), mean=c.data.mean, std=c.data.std,
-        dtype=self.dtype), mesh)
+    return evaluate.sharded_eval_step(self.config, self.student, self.dtype, mesh)
 
   def train_args(self, mesh, global_batch: int):
     """ShapeDtypeStructs of ``(state, teacher_vars, batch, rng)`` placed as training places them."""
