@@ -8,7 +8,6 @@ ResNet-50 student at 112 px, ResNet-152 teacher at 224 px).
 
 from __future__ import annotations
 
-import os
 import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -16,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from reskd_jax.tools import plots  # noqa: E402
 
 # (table, row label, demo run, paper's mAP in %, what differs from the baseline)
 ROWS = (
@@ -86,8 +87,4 @@ def plot(rows: Sequence[Mapping[str, Any]], out_png: str, dpi: int = 100) -> str
     ax.set_ylim(max(0.0, low - 15.0), 112.0)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", ncol=2)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=dpi)
-  plt.close(fig)
-  return out_png
+  return plots.save_figure(fig, out_png, dpi)

@@ -24,6 +24,14 @@ METRIC_LABELS = {"top1": "Top-1 accuracy (%)", "top5": "Top-5 accuracy (%)",
                  "mAP": "mAP (%)", "mean_class_accuracy": "Mean class accuracy (%)"}
 
 
+def save_figure(fig, out_png: str, dpi: int) -> str:
+  """Lays out, writes (its folder made) and closes ``fig``; returns ``out_png``."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+  fig.savefig(out_png, dpi=dpi)
+  plt.close(fig)
+  return out_png
+
 def _as_list(points: Union[None, Point, Sequence[Point]]) -> List[Point]:
   if points is None:
     return []
@@ -98,8 +106,4 @@ def plot_tradeoff(points: Sequence[Point], out_png: str, teacher: Optional[Point
   ax.set_title(title or f"{METRIC_LABELS.get(metric, metric).split(' (')[0]} vs. computation")
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower right")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=dpi)
-  plt.close(fig)
-  return out_png
+  return save_figure(fig, out_png, dpi)

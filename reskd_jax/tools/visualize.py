@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from reskd_jax import augment, platforms  # noqa: E402
 from reskd_jax.errors import ReskdError  # noqa: E402
 from reskd_jax.fileio import write_json_atomic  # noqa: E402
-from reskd_jax.tools import erf, figure_clips, inference  # noqa: E402
+from reskd_jax.tools import erf, figure_clips, inference, plots  # noqa: E402
 
 def to_display(frames, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD) -> np.ndarray:
   """Frames as float RGB in [0, 1]: undoes the mean/std normalisation when the
@@ -66,11 +66,7 @@ def plot_erf(erfs: Mapping[str, np.ndarray], out_png: str, positions: Optional[M
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=dpi)
-  plt.close(fig)
-  return out_png
+  return plots.save_figure(fig, out_png, dpi)
 
 
 def plot_attention(videos, attentions: Mapping[str, np.ndarray], out_png: str,
@@ -99,11 +95,7 @@ def plot_attention(videos, attentions: Mapping[str, np.ndarray], out_png: str,
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle("Activation-based attention", fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=dpi)
-  plt.close(fig)
-  return out_png
+  return plots.save_figure(fig, out_png, dpi)
 
 
 def figure4(models: Mapping[str, Tuple[Any, Any]], videos, out_dir: str,
