@@ -334,7 +334,7 @@ def test_ablation_configs_table_and_chart(tmp_path):
   assert [r["paper_map"] for r in rows if r["table"] == "Table 6"] == [71.8, 73.3, 76.2, 78.5]
   assert rows[1]["setting"] == "Clip-level KD" and rows[1]["demo_top1"] == 55.0
   assert "Resolution distillation" in ablation_table.format_table(rows)
-  png = ablation_table.plot(rows, str(tmp_path / "ablation_table.png"))
+  png = ablation_table.plot(rows, str(tmp_path / "ablations.png"))
   assert mpimg.imread(png)[..., :3].std() > 0.01
 
 

@@ -133,7 +133,7 @@ def _figures(trained, results, out_dir, num_clips: int = 64):
 
 
 def run_ablations(demo_config, workdir: str, records: str, results) -> int:
-  """Tables 5 and 6 in miniature; writes ablation_table.json and ablation_table.png."""
+  """Tables 5 and 6 in miniature; writes ablations.json and ablations.png."""
   start, cpu0 = time.time(), time.process_time()
   runs = {name: {"top1": r["top1"], "resolution": r["resolution"]}
           for name, r in results.items()}
@@ -150,8 +150,8 @@ def run_ablations(demo_config, workdir: str, records: str, results) -> int:
         + text)
   payload = {"rows": rows, "teachers": teachers,
              "seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu0}
-  out = write_json_atomic(os.path.join(workdir, "ablation_table.json"), payload)
-  png = ablation_table.plot(rows, os.path.join(workdir, "ablation_table.png"))
+  out = write_json_atomic(os.path.join(workdir, "ablations.json"), payload)
+  png = ablation_table.plot(rows, os.path.join(workdir, "ablations.png"))
   print(f"\nwritten {out} and {png} ({payload['seconds']:.0f} s, "
         f"{payload['cpu_seconds']:.0f} s CPU in this process)")
   return 0
