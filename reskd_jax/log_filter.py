@@ -52,6 +52,42 @@ def captured_stderr(release: Callable[[str, bool], str]):
         sys.stderr.flush()
 
 
+def is_closed_loop_callback(exc_type, exc, tb) -> bool:
+  """Whether an error printed through ``sys.excepthook`` is a late write completion of a
+  failed asynchronous checkpoint save.
+
+  When one of orbax's tensorstore writes fails (disk full, file-size limit, read-only
+  file system), orbax's asyncio loop ends with the error while tensorstore's C++ threads
+  still complete the save's other writes: each completion calls the closed loop's
+  ``call_soon_threadsafe`` directly from C++ and prints the ``RuntimeError: Event loop is
+  closed`` through ``sys.excepthook``, dozens of tracebacks before the save's own one-line
+  error. Only that shape matches: the error raised by asyncio's closed check and caught
+  by native code right there (caught by Python code, its traceback would hold the
+  catching frame too).
+  """
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
+    return False
+  frames = []
+  while tb is not None:
+    frames.append(tb.tb_frame)
+    tb = tb.tb_next
+  return (frames[0].f_code.co_name == "call_soon_threadsafe"
+          and all(os.path.basename(f.f_code.co_filename) == "base_events.py" for f in frames))
+
+
+def drop_closed_loop_callbacks() -> None:
+  """Installs a ``sys.excepthook`` that drops :func:`is_closed_loop_callback` errors (the
+  failed save is reported once, in one line, by ``reskd_jax.checkpoints``) and passes
+  every other error to the hook it replaces."""
+  previous = sys.excepthook
+
+  def hook(exc_type, exc, tb):
+    if not is_closed_loop_callback(exc_type, exc, tb):
+      previous(exc_type, exc, tb)
+
+  sys.excepthook = hook
+
+
 _DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
                    r"|^E\d{4} .*coordination_service_agent\.cc:\d+\] Polled an error from "
                    r"coordination service")
