@@ -20,6 +20,7 @@ through) and exits when both pipes are closed, i.e. when the run has exited.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -52,40 +53,33 @@ def captured_stderr(release: Callable[[str, bool], str]):
         sys.stderr.flush()
 
 
-def is_closed_loop_callback(exc_type, exc, tb) -> bool:
-  """Whether an error printed through ``sys.excepthook`` is a late write completion of a
-  failed asynchronous checkpoint save.
+class _QuietLoop(asyncio.DefaultEventLoopPolicy._loop_factory):  # the platform's default loop
+  """The default event loop, except that a callback handed to it after it was closed is
+  dropped instead of raising ``RuntimeError: Event loop is closed``."""
 
-  When one of orbax's tensorstore writes fails (disk full, file-size limit, read-only
-  file system), orbax's asyncio loop ends with the error while tensorstore's C++ threads
-  still complete the save's other writes: each completion calls the closed loop's
-  ``call_soon_threadsafe`` directly from C++ and prints the ``RuntimeError: Event loop is
-  closed`` through ``sys.excepthook``, dozens of tracebacks before the save's own one-line
-  error. Only that shape matches: the error raised by asyncio's closed check and caught
-  by native code right there (caught by Python code, its traceback would hold the
-  catching frame too).
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    if self.is_closed():
+      return None
+    return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+class _QuietLoopPolicy(asyncio.DefaultEventLoopPolicy):
+  _loop_factory = _QuietLoop
+
+
+def drop_late_write_completions() -> None:
+  """New event loops drop callbacks that arrive after they were closed.
+
+  orbax runs each asynchronous checkpoint save in a fresh event loop and closes it as
+  soon as the save fails (disk full, file-size limit, read-only file system), while
+  tensorstore's C++ threads still complete the save's other writes: each completion hands
+  its result to the closed loop (``call_soon_threadsafe``) and tensorstore prints the
+  ``RuntimeError: Event loop is closed`` traceback itself, past ``sys.excepthook``, often
+  dozens of them before the save's own one-line error. Nothing waits for those results
+  any more (the loop is gone), so they are dropped. For the program (``main.py``): it sets
+  the process's asyncio event loop policy.
   """
-  if exc_type is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
-    return False
-  frames = []
-  while tb is not None:
-    frames.append(tb.tb_frame)
-    tb = tb.tb_next
-  return (frames[0].f_code.co_name == "call_soon_threadsafe"
-          and all(os.path.basename(f.f_code.co_filename) == "base_events.py" for f in frames))
-
-
-def drop_closed_loop_callbacks() -> None:
-  """Installs a ``sys.excepthook`` that drops :func:`is_closed_loop_callback` errors (the
-  failed save is reported once, in one line, by ``reskd_jax.checkpoints``) and passes
-  every other error to the hook it replaces."""
-  previous = sys.excepthook
-
-  def hook(exc_type, exc, tb):
-    if not is_closed_loop_callback(exc_type, exc, tb):
-      previous(exc_type, exc, tb)
-
-  sys.excepthook = hook
+  asyncio.set_event_loop_policy(_QuietLoopPolicy())
 
 
 _DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
