@@ -205,3 +205,18 @@ def test_late_write_completions_of_a_failed_save_are_dropped():
   loop.close()
   with pytest.raises(RuntimeError, match="Event loop is closed"):
     loop.call_soon_threadsafe(print)
+
+
+def test_checksums_list_exactly_the_checkpoints_on_disk_after_the_last_save(tmp_path):
+  """With keep=1, the save of step 2 removes checkpoint 1: once it is complete,
+  checksums.json no longer lists step 1 (it used to until a next save, so the last save
+  of a run, or the one at a signal, left an entry for a checkpoint that is gone)."""
+  state = lambda k: {"step": np.asarray(k, np.int32),  # noqa: E731
+                     "params": {"w": np.arange(512, dtype=np.float32) * k}}
+  manager = checkpoints.TrainCheckpoints(str(tmp_path), keep=1)
+  for k in (1, 2):
+    manager.save(k, state(k))
+  manager.wait_until_finished()
+  manager.close()
+  ckpt = os.path.join(str(tmp_path), workdir_lib.CHECKPOINTS)
+  assert _steps(" ".join(os.listdir(ckpt))) == [2] == _checksummed(ckpt)
