@@ -16,6 +16,11 @@ own stdout and stderr, except for:
 It ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C or a scheduler
 reaches the whole process group: the run's last lines must still come
 through) and exits when both pipes are closed, i.e. when the run has exited.
+
+In the run's own process, :func:`drop_late_write_completions` keeps a failed
+checkpoint save to its one line (tensorstore would print a traceback for each of
+the save's writes that completes after orbax gave up on it), and
+:func:`captured_stderr` holds back what native libraries print while starting.
 """
 
 from __future__ import annotations
