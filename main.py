@@ -251,6 +251,7 @@ def main(argv):
   except errors.ConfigError:
     pass  # reported below, by _initialize_distributed
   _quiet_logs()
+  log_filter.drop_late_write_completions()  # of a failed save: its one line says it all
   # Hide accelerators from TensorFlow: tf.data runs on the host CPU and must
   # not reserve GPU memory.
   with _native_info_dropped(FLAGS.verbosity < 1):

@@ -503,6 +503,14 @@ class TrainCheckpoints:
       error = e
     step, self._in_flight = self._in_flight, None
     if error is None:
+      # orbax removed the checkpoints beyond ``keep`` once this one was complete: their
+      # checksums go too, or the last save of a run (final, or at a signal) would leave
+      # checksums.json listing a checkpoint that is gone.
+      if jax.process_index() == 0:
+        try:
+          self._drop_checksums_without_checkpoint()
+        except OSError as e:
+          train_utils.warn(f"could not update {self._checksums_path()} ({_root_cause(e)})")
       return
     if step is not None and _finalized(os.path.join(self.directory, str(step))):
       # The new checkpoint is complete; removing an older one failed (e.g. read-only).

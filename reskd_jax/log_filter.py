@@ -16,10 +16,16 @@ own stdout and stderr, except for:
 It ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C or a scheduler
 reaches the whole process group: the run's last lines must still come
 through) and exits when both pipes are closed, i.e. when the run has exited.
+
+In the run's own process, :func:`drop_late_write_completions` keeps a failed
+checkpoint save to its one line (tensorstore would print a traceback for each of
+the save's writes that completes after orbax gave up on it), and
+:func:`captured_stderr` holds back what native libraries print while starting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -50,6 +56,35 @@ def captured_stderr(release: Callable[[str, bool], str]):
       if text:
         sys.stderr.write(text)
         sys.stderr.flush()
+
+
+class _QuietLoop(asyncio.DefaultEventLoopPolicy._loop_factory):  # the platform's default loop
+  """The default event loop, except that a callback handed to it after it was closed is
+  dropped instead of raising ``RuntimeError: Event loop is closed``."""
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    if self.is_closed():
+      return None
+    return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+class _QuietLoopPolicy(asyncio.DefaultEventLoopPolicy):
+  _loop_factory = _QuietLoop
+
+
+def drop_late_write_completions() -> None:
+  """New event loops drop callbacks that arrive after they were closed.
+
+  orbax runs each asynchronous checkpoint save in a fresh event loop and closes it as
+  soon as the save fails (disk full, file-size limit, read-only file system), while
+  tensorstore's C++ threads still complete the save's other writes: each completion hands
+  its result to the closed loop (``call_soon_threadsafe``) and tensorstore prints the
+  ``RuntimeError: Event loop is closed`` traceback itself, past ``sys.excepthook``, often
+  dozens of them before the save's own one-line error. Nothing waits for those results
+  any more (the loop is gone), so they are dropped. For the program (``main.py``): it sets
+  the process's asyncio event loop policy.
+  """
+  asyncio.set_event_loop_policy(_QuietLoopPolicy())
 
 
 _DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
