@@ -11,7 +11,9 @@ own stdout and stderr, except for:
   the JAX distributed service detected fatal errors ...``), which JAX follows
   with a C++ stack trace and Python's fault handler with every thread's stack
   and a list of every extension module: one ``error:`` line instead, naming
-  the cause, and nothing after it.
+  the cause, and nothing after it on stderr (where the dump goes). stdout is
+  still copied: its lines were printed before the dump, even when this filter
+  reads them after it (the two pipes are read by two threads).
 
 It ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C or a scheduler
 reaches the whole process group: the run's last lines must still come
@@ -127,7 +129,7 @@ def _pump(fd_in: int, out) -> None:
 
 
 def _emit(line: str, out, stream, newline: bool = True) -> None:
-  if _swallow.is_set() or _DROP.match(line):
+  if (_swallow.is_set() and out is sys.stderr) or _DROP.match(line):
     return
   fatal = _FATAL.match(line)
   with _lock:

@@ -178,3 +178,26 @@ def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
   assert lines[0] == "warning: kept" and len(lines) == 2, stderr
   assert lines[1].startswith("error: lost the connection to process 0 (the coordinator)"), stderr
   assert "(UNAVAILABLE: Failed to send RPC to coordination service)" in lines[1], stderr
+
+
+def test_the_output_filter_keeps_stdout_read_after_the_fatal_dump():
+  """The two pipes are read by two threads, so a line the run printed before dying may be
+  read after the dump: stdout is never swallowed, only what follows the dump on stderr."""
+  r_out, w_out = os.pipe()
+  r_err, w_err = os.pipe()
+  child = subprocess.Popen([sys.executable, "-m", "reskd_jax.log_filter", str(r_out),
+                            str(r_err)], cwd=ROOT, pass_fds=(r_out, r_err),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  os.close(r_out)
+  os.close(r_err)
+  with os.fdopen(w_err, "w") as err:
+    err.write("F1207 02:51:36.052900   26787 client.h:80] Terminating process because the JAX "
+              "distributed service detected fatal errors. absl::Status: UNAVAILABLE: Failed to "
+              "send RPC to coordination service\n*** Check failure stack trace: ***\n")
+  first = child.stderr.readline()  # the dump has been read and replaced: now the stdout line
+  with os.fdopen(w_out, "w") as out:
+    out.write("[train] step 5/40\n")
+  stdout, stderr = child.communicate(timeout=60)
+  assert child.returncode == 0
+  assert stdout == "[train] step 5/40\n", stdout
+  assert first.startswith("error: lost the connection") and not stderr, (first, stderr)
