@@ -1,4 +1,5 @@
-"""Test set-up: 8 CPU devices and a persistent compilation cache.
+"""Test set-up: 8 CPU devices, a persistent compilation cache, and the grouping of tests for
+pytest-xdist.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence here.
 """
@@ -9,8 +10,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
+from helpers import CACHE_DIR  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Modules whose tests run as one unit under `pytest -n 2 --dist=loadgroup`: the multi-process
+# runs (4 JAX processes at a time, with time bounds meant for one such run on the machine).
+_GROUPS = {"test_multihost": "multiprocess", "test_cluster_faults": "multiprocess"}
+
+
+# End-to-end tests (marker e2e) of modules that do not mark them themselves: data_prep and
+# other programs run as processes. Modules mark their own with @pytest.mark.e2e.
+_E2E = {
+    "test_data_prep_nothing_lost": {"test_concurrent_conversions_check_classes_before_converting",
+                                    "test_workers_exit_when_the_parent_is_killed"},
+    "test_data_prep_real_world": {"test_a_second_converter_on_the_same_split_is_refused",
+                                  "test_ctrl_c_prints_only_the_one_line",
+                                  "test_disk_full_gives_one_line_and_no_partial_file"},
+    "test_data_prep_robust": {"test_cli_exit_status_and_one_line_message_in_a_subprocess",
+                              "test_killed_conversion_resumes_to_identical_files"},
+    "test_use": {"test_readme_own_videos_recipe_runs_on_generated_videos"},
+    "test_structure": {"test_every_python_m_command_in_the_docs_runs"},
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Each module is one xdist group (its module-scoped fixtures, e.g. a trained run, are made
+  once), except where _GROUPS puts several in one; the e2e marks of _E2E."""
+  del config
+  for item in items:
+    module = os.path.splitext(os.path.basename(item.nodeid.split("::")[0]))[0]
+    if item.get_closest_marker("xdist_group") is None:
+      item.add_marker(pytest.mark.xdist_group(_GROUPS.get(module, module)))
+    if getattr(item, "originalname", item.name) in _E2E.get(module, ()):
+      item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A tiny data set and teachers for `:tiny` runs (helpers.make_tiny_setup), one per module."""
+  from helpers import make_tiny_setup
+  return make_tiny_setup(tmp_path_factory.mktemp("tiny"))
