@@ -7,9 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Two pytest-xdist workers; each test module runs in one of them (its module-scoped fixtures,
-# e.g. a trained run, are made once), the multi-process modules one after the other
-# (tests/conftest.py). PYTEST_WORKERS= runs the tests in one process.
-PYTEST_WORKERS ?= -n 2 --dist=loadgroup
+# e.g. a trained run, are made once). PYTEST_WORKERS= runs the tests in one process.
+PYTEST_WORKERS ?= -n 2 --dist=loadfile
 # Quiet TensorFlow's C++ start-up logs (tf.data runs on the host only).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 

@@ -1,5 +1,5 @@
-"""Test set-up: 8 CPU devices, a persistent compilation cache, and the grouping of tests for
-pytest-xdist.
+"""Test set-up: 8 CPU devices, a persistent compilation cache (one per pytest-xdist worker),
+the e2e marks of modules that do not set them.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence here.
 """
@@ -18,11 +18,6 @@ jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# Modules whose tests run as one unit under `pytest -n 2 --dist=loadgroup`: the multi-process
-# runs (4 JAX processes at a time, with time bounds meant for one such run on the machine).
-_GROUPS = {"test_multihost": "multiprocess", "test_cluster_faults": "multiprocess"}
-
-
 # End-to-end tests (marker e2e) of modules that do not mark them themselves: data_prep and
 # other programs run as processes. Modules mark their own with @pytest.mark.e2e.
 _E2E = {
@@ -38,15 +33,11 @@ _E2E = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """Each module is one xdist group (its module-scoped fixtures, e.g. a trained run, are made
-  once), except where _GROUPS puts several in one; the e2e marks of _E2E."""
+  """The e2e marks of _E2E."""
   del config
   for item in items:
     module = os.path.splitext(os.path.basename(item.nodeid.split("::")[0]))[0]
-    if item.get_closest_marker("xdist_group") is None:
-      item.add_marker(pytest.mark.xdist_group(_GROUPS.get(module, module)))
     if getattr(item, "originalname", item.name) in _E2E.get(module, ()):
       item.add_marker(pytest.mark.e2e)
 
