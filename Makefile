@@ -6,10 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers; each test module runs in one of them (its module-scoped fixtures,
+# e.g. a trained run, are made once). PYTEST_WORKERS= runs the tests in one process.
+PYTEST_WORKERS ?= -n 2 --dist=loadfile
 # Quiet TensorFlow's C++ start-up logs (tf.data runs on the host only).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(STAMP)
 
@@ -19,8 +22,13 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,torch,beam,tpu]'
 	touch $(STAMP)
 
+# The whole suite; test-fast leaves out the end-to-end tests (marker e2e in pytest.ini: main.py
+# and data_prep as processes, multi-process runs, training to a result).
 test: $(STAMP)
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m "not e2e" $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m reskd_jax.tools.demo --workdir=runs/demo

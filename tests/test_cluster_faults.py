@@ -16,8 +16,14 @@ import time
 import pytest
 
 from reskd_jax import checkpoints, errors, workdir as workdir_lib
-from test_multihost import (ROOT, TIMEOUT, _free_port, _kill, _launch, _tail, _wait,
-                            _wait_for, setup)  # noqa: F401  (setup: a fixture)
+from helpers import (ROOT, TIMEOUT, free_port as _free_port, kill_all as _kill,
+                     launch as _launch, make_multihost_setup, tail as _tail, wait_all as _wait,
+                     wait_for as _wait_for)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  return make_multihost_setup(tmp_path_factory.mktemp("cluster"))
 
 
 def _errors(log):
@@ -38,6 +44,7 @@ def _settled(logs, procs):
   return logs
 
 
+@pytest.mark.e2e
 def test_a_launch_that_cannot_form_stops_in_one_line(setup):
   """Process 0 alone on one port, process 1 alone on another (a wrong port): each waits
   --join_timeout seconds with progress lines, then exits 2 naming what is missing."""
@@ -65,6 +72,7 @@ def test_a_launch_that_cannot_form_stops_in_one_line(setup):
   assert not os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINTS))
 
 
+@pytest.mark.e2e
 def test_a_process_killed_mid_run_is_named_by_the_survivor(setup):
   """kill -9 of process 1: process 0 names it and exits 4 within --heartbeat_timeout plus
   a margin; the periodic checkpoints are intact and the rerun resumes from the last one."""
@@ -122,6 +130,7 @@ def _ckpt_steps(workdir):
   return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
 
 
+@pytest.mark.e2e
 def test_a_second_launch_into_a_held_workdir_is_refused_by_every_process(setup):
   workdir = setup["root"] / "held"
   os.makedirs(workdir, exist_ok=True)

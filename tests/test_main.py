@@ -1,86 +1,25 @@
-"""main.py end to end on a tiny converted data set (subprocesses, 8 CPU devices)."""
+"""main.py on a tiny converted data set (8 CPU devices): most runs in this process
+(helpers.run_main), a subprocess where the process is what is tested (another device count,
+SIGTERM, the one-line error of a real process)."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import chex
-import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from reskd_jax import checkpoints, errors, evaluate, meta as meta_lib, models
-from data_helpers import write_tiny_dataset  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
-
-# Every run is configs/minik_r50_112.py with its `:tiny` variant (configs/default.py `tiny`:
-# resnet18 nets of width 8, one block per stage, 3x3/2 stem; 32 px crops, a 16 px student,
-# 4 frames, batches of 8); the data and the teacher file below are made to fit it.
-CONFIG = "configs/minik_r50_112.py:tiny"
-SHRINK = [f"--config.num_classes={NUM_CLASSES}"]
-
-
-def _write_data(data, splits, rs):
-  return write_tiny_dataset(data, splits, rs, dataset="tiny", num_classes=NUM_CLASSES,
-                            height=SIDE, width=SIDE + 8)
+from helpers import ROOT, main_env, one_line_error, popen, run_main, run_subprocess, tiny_args
+from reskd_jax import checkpoints, errors, evaluate
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  root = tmp_path_factory.mktemp("main")
-  data = str(root / "data")
-  rs = np.random.RandomState(0)
-  _write_data(data, {"train": 32, "val": 12}, rs)
-  # A "converted" teacher file with random weights and statistics.
-  teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
-                               stem="small")
-  tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
-  # Its meta.json describes it, so `:tiny` runs take the teacher's architecture from it.
-  teacher_dir = checkpoints.save_variables(str(root / "teacher"), tvars, _teacher_meta(width=8))
-  # A teacher twice as wide: a 128-channel map the 64-channel student cannot match.
-  wide = models.build_model("resnet18", NUM_CLASSES, width=16, stage_sizes=(1, 1, 1, 1),
-                            stem="small")
-  wide_dir = checkpoints.save_variables(
-      str(root / "wide_teacher"), models.init_variables(wide, jax.random.key(8), FRAMES, 32),
-      _teacher_meta(width=16))
-  # The same weights with an older, incomplete meta.json (no stem): the default stem
-  # (imagenet) is filled in, and the weights do not fit it.
-  legacy_dir = checkpoints.save_variables(
-      str(root / "legacy_teacher"), tvars,
-      {"arch": "resnet18", "num_classes": NUM_CLASSES, "width": 8, "stage_sizes": [1, 1, 1, 1]})
-  return {"root": root, "data": data, "teacher": teacher_dir, "wide_teacher": wide_dir,
-          "legacy_teacher": legacy_dir}
-
-
-def _teacher_meta(width):
-  return meta_lib.for_converted("resnet18", NUM_CLASSES, False, None, "random weights", "test",
-                                {"width": width, "stage_sizes": (1, 1, 1, 1), "stem": "small"})
-
-
-def _cmd(setup, workdir, *extra, config=CONFIG):
-  return [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
-          f"--config.data.data_dir={setup['data']}",
-          f"--config.teacher.checkpoint={setup['teacher']}", *SHRINK, *extra]
-
-
-def _env():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".cache", "jax")
-  return env
-
-
-def _run(cmd, timeout=300):
-  return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=timeout)
+def setup(tiny):
+  return tiny
 
 
 def _tensorboard_tags(workdir):
@@ -99,12 +38,13 @@ def _tensorboard_tags(workdir):
 def trained_run(setup):
   """A 3-step ResKD run started with the whole command (8 devices)."""
   workdir = str(setup["root"] / "run")
-  proc = _run(_cmd(setup, workdir, "--config.num_train_steps=3",
-                   "--config.data.test_num_clips=2"))
+  proc = run_main(tiny_args(setup, workdir, "--config.num_train_steps=3",
+                            "--config.data.test_num_clips=2"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
 
+@pytest.mark.e2e
 def test_workdir_alone_resumes_evaluates_and_says_it_is_finished(setup, trained_run):
   workdir, first = trained_run
   out = first.stdout
@@ -120,11 +60,10 @@ def test_workdir_alone_resumes_evaluates_and_says_it_is_finished(setup, trained_
   assert results["resolution"] == 16 and results["gflops_per_video"] > 0
   config_before = open(os.path.join(workdir, "config.json")).read()
 
-  # Resume with --workdir alone (+ overrides, checked as usual) on another device count.
-  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}",
-                         "--config.num_train_steps=5", "--config.kd_weight=50.0"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  # Resume with --workdir alone (+ overrides, checked as usual) on another device count: a
+  # new process with 4 devices.
+  proc = run_subprocess([f"--workdir={workdir}", "--config.num_train_steps=5",
+                         "--config.kd_weight=50.0"], devices=4)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed from step 3" in proc.stdout and "[train] step 5/5" in proc.stdout
   assert "[train] step 1/" not in proc.stdout
@@ -157,7 +96,7 @@ def test_workdir_alone_resumes_evaluates_and_says_it_is_finished(setup, trained_
   assert tags.get("train/student_view") == "image", sorted(tags)
 
   # Evaluate with --workdir alone: the saved config (data set, test clips) is used.
-  proc = _run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval"])
+  proc = run_main([f"--workdir={workdir}", "--mode=eval"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluated = json.load(open(os.path.join(workdir, "eval_results.json")))
   for key in ("top1", "top5", "mean_class_accuracy", "loss"):
@@ -165,13 +104,13 @@ def test_workdir_alone_resumes_evaluates_and_says_it_is_finished(setup, trained_
 
   # A rerun of the finished run says so at once, rewrites nothing, exits 0.
   config_now = open(os.path.join(workdir, "config.json")).read()
-  proc = _run([sys.executable, "main.py", f"--workdir={workdir}"])
+  proc = run_main([f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "is finished" in proc.stdout and "results.json" in proc.stdout
   assert "[train] step" not in proc.stdout
   # ... and one with a smaller num_train_steps is refused in one line (exit 2), config.json
   # and results.json still agree.
-  proc = _run([sys.executable, "main.py", f"--workdir={workdir}", "--config.num_train_steps=2"])
+  proc = run_main([f"--workdir={workdir}", "--config.num_train_steps=2"])
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert "trained to step 5 already" in proc.stderr
   assert open(os.path.join(workdir, "config.json")).read() == config_now != config_before
@@ -185,12 +124,14 @@ def test_checkpoint_that_does_not_fit_is_one_line(setup, trained_run):
   workdir, _ = trained_run
   config_json = open(os.path.join(workdir, "config.json")).read()
   steps = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  proc = _run(_cmd(setup, workdir, "--mode=eval", "--config.model.width=16"))
+  proc = run_main(tiny_args(setup, workdir, "--mode=eval", "--config.model.width=16"))
   line = _one_line(proc)
   assert "model.width: 8 -> 16" in line and "--mode=eval" in line
   for mode in ("eval", "train"):
-    proc = _run(_cmd(setup, workdir, f"--mode={mode}", "--config.allow_config_change=True",
-                     "--config.model.stage_sizes=(2,1,1,1)", "--config.num_train_steps=9"))
+    proc = run_main(tiny_args(setup, workdir, f"--mode={mode}",
+                              "--config.allow_config_change=True",
+                              "--config.model.stage_sizes=(2,1,1,1)",
+                              "--config.num_train_steps=9"))
     line = _one_line(proc)
     assert "does not fit" in line and "layer1_1" in line, line
     assert "checkpoint missing, model (8,)" in line, line
@@ -199,12 +140,8 @@ def test_checkpoint_that_does_not_fit_is_one_line(setup, trained_run):
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unusable"))
 
 
-def _one_line(proc, status=2):
-  assert proc.returncode == status, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(lines) == 1, proc.stderr[-3000:]
-  return lines[0]
+def _one_line(proc, status=errors.EXIT_BAD_INPUT):
+  return one_line_error(proc, status)
 
 
 def test_input_problems_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys,
@@ -241,15 +178,17 @@ def test_input_problems_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
       signal.signal(sig, handler)
 
 
+@pytest.mark.e2e
 def test_sigterm_then_resume_equals_uninterrupted_run(setup):
+  """SIGTERM to a real process: checkpoint, exit 143; the resumed run (in this process) ends
+  where the uninterrupted one (in this process too) does."""
   steps = ["--config.num_train_steps=14", "--config.steps_per_epoch=4"]
   straight = str(setup["root"] / "straight")
-  proc = _run(_cmd(setup, straight, *steps))
+  proc = run_main(tiny_args(setup, straight, *steps))
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   interrupted = str(setup["root"] / "interrupted")
-  child = subprocess.Popen(_cmd(setup, interrupted, *steps), cwd=ROOT, env=_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  child = popen(tiny_args(setup, interrupted, *steps))
   lines = []
   for line in child.stdout:
     lines.append(line)
@@ -260,7 +199,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(setup):
   assert "saving a checkpoint and stopping" in out, out[-3000:]
   assert not os.path.exists(os.path.join(interrupted, "results.json"))
 
-  proc = _run(_cmd(setup, interrupted, *steps))
+  proc = run_main(tiny_args(setup, interrupted, *steps))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "[train] step 1/14" not in proc.stdout  # it resumed
   a = json.load(open(os.path.join(straight, "results.json")))
@@ -277,8 +216,8 @@ def test_sigterm_then_resume_equals_uninterrupted_run(setup):
     ("--config.optimizer.momentum=fast", "momentum"),
 ])
 def test_bad_config_key_or_type_is_named(setup, flag, needle):
-  proc = _run(_cmd(setup, str(setup["root"] / "bad"), flag), timeout=120)
-  assert proc.returncode != 0
+  proc = run_main(tiny_args(setup, str(setup["root"] / "bad"), flag))
+  assert proc.returncode == errors.EXIT_BAD_INPUT
   assert needle in proc.stderr
   assert "Traceback" not in proc.stderr
 
@@ -297,18 +236,29 @@ def test_bad_method_or_unalignable_teacher_fails_at_start(setup, flag, needle):
     extra.append(f"--config.teacher.checkpoint={setup['wide_teacher']}")
   if flag == "legacy_teacher":
     extra = [f"--config.teacher.checkpoint={setup['legacy_teacher']}"]
-  proc = _run(_cmd(setup, str(setup["root"] / "bad2"), *extra), timeout=120)
+  proc = run_main(tiny_args(setup, str(setup["root"] / "bad2"), *extra))
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert needle in proc.stderr and "Traceback" not in proc.stderr
   assert not os.path.exists(setup["root"] / "bad2")  # a failed start-up leaves no workdir
 
 
 def test_missing_dataset_says_how_to_prepare(setup):
-  cmd = _cmd(setup, str(setup["root"] / "nodata"), "--config.data.data_dir=/nonexistent/minik")
-  proc = _run(cmd, timeout=120)
-  assert proc.returncode == 2
-  assert "/nonexistent/minik" in proc.stderr and "python -m data_prep minik" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  proc = run_main(tiny_args(setup, str(setup["root"] / "nodata"),
+                            "--config.data.data_dir=/nonexistent/minik"))
+  line = _one_line(proc)
+  assert "/nonexistent/minik" in line and "python -m data_prep minik" in line, line
+
+
+@pytest.mark.e2e
+def test_a_real_process_reports_bad_input_in_one_line_on_stderr(setup):
+  """The same as a program: exit status 2, one `error:` line on stderr, no traceback, no
+  workdir left behind (the in-process runs above share main.py's code, not its process)."""
+  workdir = setup["root"] / "nodata_process"
+  proc = run_subprocess(tiny_args(setup, workdir, "--config.data.data_dir=/nonexistent/minik"),
+                        timeout=120)
+  line = _one_line(proc)
+  assert "/nonexistent/minik" in line and "python -m data_prep minik" in line, line
+  assert proc.stderr.strip() == line and not os.path.exists(workdir), proc.stderr
 
 
 def test_map_equals_sklearn():
@@ -333,12 +283,12 @@ def test_topk_and_mean_class_accuracy():
 
 
 def test_unknown_split_and_bad_init_file_are_one_line_errors(setup):
-  proc = _run(_cmd(setup, str(setup["root"] / "bad3"), "--config.data.eval_split=test",
-                   "--config.num_train_steps=1"), timeout=180)
+  proc = run_main(tiny_args(setup, str(setup["root"] / "bad3"), "--config.data.eval_split=test",
+                            "--config.num_train_steps=1"))
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "config.data.eval_split='test'" in proc.stderr and "Traceback" not in proc.stderr
-  proc = _run(_cmd(setup, str(setup["root"] / "bad4"),
-                   f"--config.model.init_from={setup['root'] / 'missing_weights'}"), timeout=120)
+  proc = run_main(tiny_args(setup, str(setup["root"] / "bad4"),
+                            f"--config.model.init_from={setup['root'] / 'missing_weights'}"))
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "missing_weights" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -406,7 +356,7 @@ print("TF saw", seen[0])
     ("reskd_jax.tools.predict", [], "2")])
 def test_tensorflow_is_quiet_from_its_first_import_in_every_entry_point(module, args, level):
   """platforms.quiet_tensorflow, run by the package's __init__, comes before TensorFlow."""
-  env = {k: v for k, v in _env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env = {k: v for k, v in main_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   proc = subprocess.run([sys.executable, "-c", TF_LEVEL_PROBE.format(module=module), *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

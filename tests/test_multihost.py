@@ -8,7 +8,6 @@ agree on.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,98 +21,16 @@ import tensorflow as tf
 from configs import minik_r50_112
 from reskd_jax import checkpoints, errors, evaluate, models, train_step, workdir as workdir_lib
 from reskd_jax.data import pipeline
-from data_helpers import write_tiny_dataset  # noqa: E402
+from helpers import (MULTI_STEPS, NUM_CLASSES, ROOT, STOP_LIMIT, TIMEOUT, kill_all as _kill,
+                     launch as _launch, make_multihost_setup, multihost_env, tail as _tail,
+                     wait_all as _wait, wait_for as _wait_for)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES, FRAMES, SIDE = 4, 4, 40
-STEPS = 16  # long enough that a signal lands mid-run
-TIMEOUT = 480  # seconds a launch may take before it is killed (a loaded 2-core machine)
-STOP_LIMIT = 120  # seconds from SIGTERM to both processes' exit (checkpoint written)
+STEPS = MULTI_STEPS
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  root = tmp_path_factory.mktemp("multihost")
-  data = str(root / "data")
-  rs = np.random.RandomState(0)
-  # Two train shards (each host reads one), an eval split that does not fill
-  # the last batch (padding), on two shards.
-  write_tiny_dataset(data, {"train": [16, 16], "val": [6, 5]}, rs, dataset="tiny",
-                     num_classes=NUM_CLASSES, height=SIDE, width=SIDE + 8)
-  teacher = models.build_model("resnet18", NUM_CLASSES, width=8, stage_sizes=(1, 1, 1, 1),
-                               stem="small")
-  tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
-  arch = {"name": "resnet18", "width": 8, "stage_sizes": [1, 1, 1, 1], "stem": "small"}
-  teacher_dir = checkpoints.save_variables(
-      str(root / "teacher"), tvars,
-      {"arch": "resnet18", "num_classes": NUM_CLASSES, "tsm": False, "model": arch})
-  return {"root": root, "data": data, "teacher": teacher_dir}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env():
-  env = dict(os.environ)
-  env.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-              "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT,
-              "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".cache", "jax")})
-  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    env.pop(key, None)
-  return env
-
-
-def _args(setup, workdir):
-  return [f"--config={os.path.join(ROOT, 'configs', 'minik_r50_112.py')}:tiny",
-          f"--workdir={workdir}", f"--config.data.data_dir={setup['data']}",
-          f"--config.teacher.checkpoint={setup['teacher']}",
-          f"--config.num_classes={NUM_CLASSES}", "--config.data.eval_split=val",
-          f"--config.num_train_steps={STEPS}", "--config.steps_per_epoch=4",
-          "--config.eval_every_epochs=100", "--config.log_every_steps=1",
-          "--config.data.test_num_clips=2"]
-
-
-def _launch(setup, workdir, logdir, *extra, ids=(0, 1), ports=None):
-  """Starts the processes `ids` of 2 (each told the coordinator port in `ports`, default one
-  free port for all), as a cluster launcher would; returns (procs, log paths)."""
-  port = _free_port()
-  procs, logs = [], []
-  for i, pid in enumerate(ids):
-    logs.append(os.path.join(logdir, f"{os.path.basename(workdir)}.{i}.log"))
-    cmd = [sys.executable, "main.py", *_args(setup, workdir), *extra,
-           f"--coordinator_address=localhost:{ports[i] if ports else port}",
-           "--num_processes=2", f"--process_id={pid}"]
-    with open(logs[-1], "a") as log:
-      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log,
-                                    stderr=subprocess.STDOUT, text=True))
-  return procs, logs
-
-
-def _wait(procs, logs, deadline):
-  codes = []
-  for proc in procs:
-    try:
-      codes.append(proc.wait(timeout=max(deadline - time.time(), 1)))
-    except subprocess.TimeoutExpired:
-      codes.append(None)
-  if None in codes:
-    pytest.fail(f"timed out: {codes}\n" + _tail(logs))
-  return codes
-
-
-def _tail(logs, n=3000):
-  return "\n".join(f"--- {path}\n{open(path).read()[-n:]}" for path in logs)
-
-
-def _kill(procs):
-  for proc in procs:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+  return make_multihost_setup(tmp_path_factory.mktemp("multihost"))
 
 
 def _run2(setup, workdir):
@@ -133,6 +50,7 @@ def straight(setup):
   return workdir
 
 
+@pytest.mark.e2e
 def test_two_processes_train_evaluate_save(setup, straight):
   results = json.load(open(os.path.join(straight, workdir_lib.RESULTS)))
   assert results["step"] == STEPS and results["num_videos"] == 11
@@ -156,13 +74,7 @@ def test_two_processes_train_evaluate_save(setup, straight):
     assert results[key] == pytest.approx(metrics[key], abs=1e-12), key
 
 
-def _wait_for(logs, procs, needle, index=0):
-  deadline = time.time() + TIMEOUT
-  while needle not in open(logs[index]).read():
-    assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(logs)
-    time.sleep(0.05)
-
-
+@pytest.mark.e2e
 def test_sigterm_to_one_process_stops_both_then_resumes_bit_identical(setup, straight):
   """As a scheduler signals: one process, at a step where a checkpoint is being saved; then
   a late SIGTERM to the other one while it shuts down (node skew) changes nothing."""
@@ -236,17 +148,24 @@ def test_eval_video_count_must_match_the_manifest():
                      expected_videos=6)
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"JAX_COORDINATOR_ADDRESS": "localhost:1234"},
-     "could not join the cluster with coordinator_address=localhost:1234 (flags / JAX_* "
-     "variables): Number of processes must be defined"),
-    ({"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "two"},
-     "JAX_NUM_PROCESSES='two' is not an integer"),
-])
-def test_cluster_that_cannot_be_joined_is_one_line(tmp_path, env, needle):
+@pytest.mark.e2e
+def test_cluster_that_cannot_be_joined_is_one_line(tmp_path):
+  """A real process (joining needs a JAX that has not started yet)."""
   cmd = [sys.executable, "main.py", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
          f"--workdir={tmp_path}"]
-  proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True,
-                        timeout=TIMEOUT)
+  proc = subprocess.run(cmd, cwd=ROOT, env={**multihost_env(),
+                                            "JAX_COORDINATOR_ADDRESS": "localhost:1234"},
+                        capture_output=True, text=True, timeout=TIMEOUT)
   assert proc.returncode == errors.EXIT_BAD_INPUT, proc.stderr[-2000:]
+  needle = ("could not join the cluster with coordinator_address=localhost:1234 (flags / JAX_* "
+            "variables): Number of processes must be defined")
   assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_launch_variable_that_is_not_a_number_is_named(monkeypatch):
+  """Read before JAX is asked to join: checked here, in this process."""
+  import main as main_module
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+  with pytest.raises(errors.ConfigError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+    main_module._initialize_distributed()

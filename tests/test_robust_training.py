@@ -2,8 +2,9 @@
 
 Each test reproduces one fault (the `:tiny` config, a 4-class data set of 32
 videos) and asserts the message, the exit status and that nothing good was
-lost. End-to-end tests run main.py in a subprocess; the checkpoint, lock and
-teacher tests call the modules directly.
+lost. Runs of main.py happen in this process (helpers.run_main: main.py's flag parsing,
+exit statuses and error lines), in a subprocess where a process is killed; the checkpoint,
+lock and teacher tests call the modules directly.
 """
 
 import glob
@@ -25,45 +26,20 @@ import tensorflow as tf
 from configs import minik_r50_112, minik_r152_224
 from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, models, train
 from reskd_jax import train_step, workdir as workdir_lib
-from test_main import NUM_CLASSES, ROOT, _env, _write_data
-
-FRAMES = 4
-TINY = "configs/minik_r50_112.py:tiny"
+from helpers import (FRAMES, NUM_CLASSES, ROOT, one_line_error as _one_line_error, popen,
+                     run_main as _run, run_subprocess, small_train_state as _state,
+                     TINY_CONFIG, tiny_args)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  root = tmp_path_factory.mktemp("robust")
-  data = str(root / "data")
-  rs = np.random.RandomState(0)
-  _write_data(data, {"train": 32, "val": 8, "empty": 0}, rs)
-  # A teacher as a tiny teacher run would save it: full meta.json.
-  tcfg = minik_r152_224.get_config("tiny")
-  teacher = models.build_from_config(tcfg.model, NUM_CLASSES)
-  tvars = models.init_variables(teacher, jax.random.key(7), FRAMES, 32)
-  teacher_dir = checkpoints.save_variables(
-      str(root / "teacher"), tvars,
-      meta_lib.for_trained_model(tcfg, tcfg.model, NUM_CLASSES, FRAMES, 32))
-  return {"root": root, "data": data, "teacher": teacher_dir}
+def env(tiny):
+  """The tiny data set; the teacher as a tiny teacher run would save it (full meta.json)."""
+  return dict(tiny, teacher=tiny["trained_teacher"])
 
 
-def _cmd(env, workdir, *extra, config=TINY):
-  return [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
-          f"--config.data.data_dir={env['data']}", "--config.num_classes=-1",
-          f"--config.teacher.checkpoint={env['teacher']}", *extra]
-
-
-def _run(cmd, timeout=300):
-  return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def _one_line_error(proc, status):
-  assert proc.returncode == status, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  errors_ = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors_) == 1, proc.stderr[-3000:]
-  return errors_[0]
+def _cmd(env, workdir, *extra, config=TINY_CONFIG):
+  """main.py's arguments (the number of classes taken from the data set)."""
+  return tiny_args(env, workdir, *extra, config=config, num_classes=-1)
 
 
 def _raw_checkpoint(step_dir):
@@ -156,14 +132,6 @@ def _corrupt(step_dir, how):
       chunk = bytearray(f.read(64))
       f.seek(os.path.getsize(path) // 2)
       f.write(bytes(b ^ mask for b in chunk))
-
-
-def _state(k):
-  """A train state like the trainer's (optax state included), its values set by ``k``."""
-  variables = {"params": {"w": np.arange(4096, dtype=np.float32) * k},
-               "batch_stats": {"m": np.full((64,), 0.5 * k, np.float32)}}
-  state = train_step.create_train_state(variables, optax.sgd(0.1, momentum=0.9))
-  return jax.tree.map(np.asarray, state.replace(step=np.asarray(k, np.int32)))
 
 
 @pytest.mark.parametrize("how", ["truncated", "no_metadata", "emptied", "flipped", "low_bits"])
@@ -298,7 +266,7 @@ def test_startup_checks_fail_before_training(env, request, flags, needle):
     teacher = checkpoints.save_variables(str(env["root"] / "teacher_order"),
                                          checkpoints.load_variables(env["teacher"]), meta)
     flags = [f"--config.teacher.checkpoint={teacher}"]
-  proc = _run(_cmd(env, workdir, "--config.num_train_steps=2", *flags), timeout=180)
+  proc = _run(_cmd(env, workdir, "--config.num_train_steps=2", *flags))
   assert needle in _one_line_error(proc, errors.EXIT_BAD_INPUT)
   if request.node.callspec.id.startswith("LOCKED"):
     assert sorted(os.listdir(workdir)) == [workdir_lib.LOCK]  # the holder's lock only
@@ -346,7 +314,7 @@ def test_resume_with_other_model_or_batch_settings_names_the_keys(env, trained):
   workdir = str(env["root"] / "changed")
   shutil.copytree(trained[0], workdir)
   proc = _run(_cmd(env, workdir, "--config.mode=teacher", "--config.num_train_steps=6",
-                   "--config.model.width=16", "--config.batch_size=16"), timeout=180)
+                   "--config.model.width=16", "--config.batch_size=16"))
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert "model.width: 8 -> 16" in line and "batch_size: 8 -> 16" in line, line
   assert "--config.allow_config_change=True" in line
@@ -431,36 +399,38 @@ def _tensorboard_steps(workdir, tag="train/loss"):
   return steps
 
 
+@pytest.mark.e2e
 def test_hard_kill_then_resume_writes_each_step_once_and_takes_over_the_lock(env):
+  """kill -9 mid-run, then the same command (a process too): it resumes, takes over the dead
+  run's lock, writes each step once, and prints the progress lines and no INFO chatter."""
   workdir = str(env["root"] / "killed")
   cmd = _cmd(env, workdir, "--config.mode=teacher", "--config.num_train_steps=8",
              "--config.checkpoint_every_steps=2")
-  child = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
+  child = popen(cmd, stderr=subprocess.DEVNULL)
   for line in child.stdout:
     if "[train] step 5/8" in line:
       child.send_signal(signal.SIGKILL)
       break
   child.wait(timeout=60)
   assert os.path.exists(os.path.join(workdir, workdir_lib.LOCK))  # left by the killed run
-  proc = _run(cmd)
+  proc = run_subprocess(cmd)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "taking over the stale lock" in proc.stderr
   assert "[train] step 1/8" not in proc.stdout  # it resumed
   steps = _tensorboard_steps(workdir)
   assert len(steps) == len(set(steps)), sorted(steps)
   assert 8 in steps
-
-
-# 12. Quiet by default; the unknown-key message.
-def test_a_run_prints_the_progress_line_and_no_info_chatter(trained):
-  _, proc = trained
-  assert "[train] step 4/4" in proc.stdout
+  # 12. Quiet by default: the progress lines, no INFO chatter of TensorFlow, absl or orbax
+  # (a restore included), at most a few lines on stderr (here: the stale lock).
+  assert "[train] step 8/8" in proc.stdout
   noise = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines()
            if l[:1] == "I" and l[1:5].isdigit()]
   assert not noise, noise[:5]
   assert "absl::InitializeLog" not in proc.stderr
   assert len(proc.stderr.splitlines()) <= 3, proc.stderr
+
+
+# 12. The unknown-key message.
 
 
 def test_library_chatter_is_dropped_and_real_warnings_kept(caplog):
@@ -497,7 +467,7 @@ def test_train_log_keeps_prints_warnings_and_the_error(tmp_path, capsys):
 
 
 def test_unknown_config_key_is_one_clean_line(env):
-  proc = _run(_cmd(env, str(env["root"] / "typo"), "--config.model.widht=8"), timeout=120)
+  proc = _run(_cmd(env, str(env["root"] / "typo"), "--config.model.widht=8"))
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert line.startswith("error: unknown config key 'model.widht' (did you mean "
                          "'model.width'?)"), line
@@ -507,7 +477,7 @@ def test_config_file_that_fails_to_load_is_one_line(env):
   """An unknown `:variant` (or any error inside get_config) names the file and the error,
   without the config file's traceback and without being mistaken for an unknown key."""
   proc = _run(_cmd(env, str(env["root"] / "variant"),
-                   config="configs/minik_r50_112.py:nosuch"), timeout=120)
+                   config=f"{ROOT}/configs/minik_r50_112.py:nosuch"))
   line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert "configs/minik_r50_112.py:nosuch" in line, line
   assert "unknown config variant 'nosuch'" in line and "unknown config key" not in line, line

@@ -1,6 +1,7 @@
 """Faults of a one-process run: a closed terminal, a checkpoint that cannot be written, a
-training shard that disappears. main.py in a subprocess (the `:tiny` config); each test checks
-the exit status, the one line, and that nothing good in the workdir was lost."""
+training shard that disappears (the `:tiny` config). main.py in a subprocess where the fault
+needs a process (a signal, a file-size limit), else in this process (helpers.run_main); each
+test checks the exit status, the one line, and that nothing good in the workdir was lost."""
 
 import glob
 import json
@@ -8,10 +9,22 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
+import pytest
+
+from helpers import (ROOT, main_env, one_line_error as _one_line_error, popen, run_main as _run,
+                     small_train_state as _state, tiny_args)
 from reskd_jax import checkpoints, errors, workdir as workdir_lib
-from test_main import ROOT, _env
-from test_robust_training import _cmd, _one_line_error, _run, env  # noqa: F401 (env: fixture)
+
+
+@pytest.fixture(scope="module")
+def env(tiny):
+  return dict(tiny, teacher=tiny["trained_teacher"])
+
+
+def _cmd(env, workdir, *extra):
+  return tiny_args(env, workdir, *extra, num_classes=-1)
 
 
 def _steps(workdir):
@@ -27,8 +40,7 @@ def _checksummed(workdir):
 def _run_until(cmd, needle, action):
   """Starts `cmd`, calls `action(child)` once `needle` is on its stdout; returns
   (status, stdout, stderr)."""
-  child = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+  child = popen(cmd, stderr=subprocess.PIPE)
   out = []
   for line in child.stdout:
     out.append(line)
@@ -39,8 +51,10 @@ def _run_until(cmd, needle, action):
   return child.returncode, "".join(out) + rest, err
 
 
+@pytest.mark.e2e
 def test_sighup_saves_and_stops_like_sigterm(env):
-  """A closed ssh terminal: checkpoint at the step reached, exit 143, the rerun resumes."""
+  """A closed ssh terminal (SIGHUP to a real process): checkpoint at the step reached, exit
+  143, the rerun (in this process) resumes."""
   workdir = str(env["root"] / "hangup")
   cmd = _cmd(env, workdir, "--config.mode=teacher", "--config.num_train_steps=30")
   status, out, err = _run_until(cmd, "[train] step 2/30",
@@ -67,6 +81,7 @@ def _with_file_size_limit(limit, cmd):
   return [cmd[0], "-c", set_and_exec, str(limit), *cmd[1:]]
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(env):
   """`ulimit -f` (file-size limit) below the size of a checkpoint's data file: the first save
   of the resumed run fails; the earlier checkpoints and checksums.json stay as they were,
@@ -83,9 +98,10 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(env):
   limit = os.path.getsize(data_file) // 2
   assert limit > 4096, limit
 
-  env_ = dict(_env(), JAX_COMPILATION_CACHE_DIR="")  # its entries would hit the limit too
+  env_ = main_env(JAX_COMPILATION_CACHE_DIR="")  # its entries would hit the limit too
   proc = subprocess.run(
-      _with_file_size_limit(limit, _cmd(env, workdir, *args, "--config.num_train_steps=8")),
+      _with_file_size_limit(limit, [sys.executable, "main.py",
+                                    *_cmd(env, workdir, *args, "--config.num_train_steps=8")]),
       cwd=ROOT, env=env_, capture_output=True, text=True, timeout=300)
   # Known leftover (see the report of issue 22): tensorstore's write callbacks of the failed
   # save can still reach orbax's closed event loop and print "RuntimeError: Event loop is
@@ -111,14 +127,13 @@ def test_a_training_shard_deleted_mid_run_is_named(env):
   shard = sorted(glob.glob(os.path.join(env["data"], "train", "*")))[0]
   saved = open(shard, "rb").read()
   try:
-    result = _run_until(
-        _cmd(env, workdir, "--config.mode=teacher", "--config.num_train_steps=40",
-             "--config.checkpoint_every_steps=2"), "[train] step 2/40",
-        lambda child: os.remove(shard))
+    proc = _run(_cmd(env, workdir, "--config.mode=teacher", "--config.num_train_steps=40",
+                     "--config.checkpoint_every_steps=2"),
+                on_stdout=("[train] step 2/40", lambda: os.remove(shard)))
   finally:
     with open(shard, "wb") as f:
       f.write(saved)
-  line = _one_line_error(subprocess.CompletedProcess([], *result), errors.EXIT_BAD_INPUT)
+  line = _one_line_error(proc, errors.EXIT_BAD_INPUT)
   assert f"unreadable shard {shard} (missing)" in line and "rerun the data_prep" in line, line
   assert _steps(workdir) and _steps(workdir) == _checksummed(workdir)
 
@@ -128,7 +143,6 @@ def test_an_old_checkpoint_that_cannot_be_removed_does_not_stop_the_run(tmp_path
   """orbax's clean-up of checkpoints beyond keep_checkpoints fails (a read-only directory):
   the new checkpoint is complete, so a warning, not an error; the next save goes on."""
   from orbax.checkpoint._src.path import deleter
-  from test_robust_training import _state
 
   def read_only(self, step, target):
     raise PermissionError(13, "Permission denied", str(target))
