@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from reskd_jax import losses, meta, models, optim, train_step
+from reskd_jax import config_checks, errors, losses, meta, models, optim, train_step
 
 T, CROP, LOW, NUM_CLASSES = 4, 40, 32, 5
 # Tiny nets with dropout and stochastic depth on, so that the rngs under remat are checked too.
@@ -138,3 +138,16 @@ def test_remat_flows_from_the_config_and_stays_out_of_the_teacher_and_meta():
   # so a run trained with remat is a teacher (or a checkpoint) like any other.
   assert "remat" not in default.get_teacher_config()
   assert "remat" not in meta.architecture(config.model)
+
+
+def test_a_run_resumes_and_evaluates_with_remat_switched():
+  """The checkpoints are the same either way: switching remat is not a changed setting."""
+  config = default.get_config()
+  saved = config_checks.config_to_json(config)
+  config.model.remat = True
+  assert config_checks.resume_differences(config, saved) == []
+  config_checks.check_resume(config, saved, "wd")
+  config_checks.check_eval(config, saved, "wd")
+  config.model.width = 32  # an architecture key still is one
+  with pytest.raises(errors.ConfigError, match="model.width: 64 -> 32"):
+    config_checks.check_resume(config, saved, "wd")
