@@ -81,6 +81,13 @@ def get_model_config(name: str, input_size=None) -> ml_collections.ConfigDict:
   model.input_size = ml_collections.FieldReference(input_size, field_type=int)
   # ImageNet initialisation: a directory written by `python -m reskd_jax.tools.convert_weights`.
   model.init_from = ""
+  # Rematerialisation: every residual block (ResNet/TSM, SlowOnly) and every Video Swin
+  # transformer block under flax's nn.remat, so that the backward pass recomputes the
+  # block's activations instead of keeping them: less accelerator memory for about one
+  # more forward pass of compute. The numbers and the variables are those of False
+  # (checkpoints load either way); the teacher, which takes no gradient, never uses it.
+  # For a per-chip batch that does not fit otherwise (`--mode=plan` shows the memory).
+  model.remat = False
   return model
 
 
@@ -93,7 +100,7 @@ def get_teacher_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   teacher = ml_collections.ConfigDict()
   template = get_model_config(TEACHER_ARCH)
   for key in template.keys():
-    if key not in ("init_from", "dropout_rate"):
+    if key not in ("init_from", "dropout_rate", "remat"):
       teacher[key] = ml_collections.FieldReference(None, field_type=template.get_type(key))
   # Converted teacher (reskd_jax.tools.convert_weights) or our own teacher run's workdir.
   teacher.checkpoint = checkpoint

@@ -28,9 +28,10 @@ EVAL_METRICS = ("top1", "top5", "mean_class_accuracy", "mAP")
 # Settings a resumed run must share with the run that wrote its checkpoints.
 RESUME_PREFIXES = ("model.", "teacher.", "data.")
 RESUME_KEYS = ("batch_size", "num_classes", "mode", "kd_method", "dtype")
-# ... except these, which may change between runs (moved data, moved teacher).
+# ... except these, which may change between runs (moved data, moved teacher; remat only
+# trades memory for compute, with the same numbers and variables).
 RESUME_FREE = ("data.data_dir", "data.cache", "data.parallel_reads", "model.init_from",
-               "teacher.checkpoint", "allow_config_change")
+               "model.remat", "teacher.checkpoint", "allow_config_change")
 
 
 def compute_dtype(name: str):

@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional
 FILE = "meta.json"
 # Keys of a model config block that are run settings, not architecture.
 RUN_KEYS = ("init_from", "checkpoint", "train_mode_bn", "dropout_rate", "allow_other_resolution",
-            "allow_other_classes")
+            "allow_other_classes", "remat")
 # Architecture keys older trainer versions wrote at the top level.
 _LEGACY_KEYS = ("strides", "width", "stage_sizes", "stem", "input_size")
 

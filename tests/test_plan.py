@@ -170,6 +170,18 @@ def test_bad_topology_and_batch_are_one_line(tmp_path):
     assert "config.batch_size=8 is not a multiple of the 16 devices of v5e:4x4" in proc.stderr
 
 
+def test_table_header_says_when_the_blocks_are_rematerialised():
+  from reskd_jax.tools import plan
+  config = {"model": "swin_s", "mode": "reskd", "teacher": "swin_b", "dtype": "bfloat16",
+            "batch_size": 32, "num_frames": 32, "crop_size": 224, "input_size": 112,
+            "grad_accum_steps": 16, "remat": False}
+  result = {"config": config, "notes": [], "plans": []}
+  assert "remat" not in plan.format_table(result).splitlines()[0]
+  config["remat"] = True
+  assert plan.format_table(result).splitlines()[0].endswith(
+      "x 16 accumulated, blocks rematerialised (config.model.remat)")
+
+
 def test_collectives_are_parsed_from_hlo_text():
   from reskd_jax.tools import plan
   hlo = "\n".join([

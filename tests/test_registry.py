@@ -59,8 +59,8 @@ def test_build_from_config_takes_the_family_keys():
   assert isinstance(model, models.SlowOnly)
   assert (model.width, model.stage_sizes, model.input_size) == (8, (1, 1, 1, 1), 112)
   assert model.dropout_rate == 0.0 and model.num_classes == 7
-  assert models.config_options(cfg) == {"input_size": 112, "dropout_rate": 0.5, "width": 8,
-                                        "stage_sizes": (1, 1, 1, 1)}
+  assert models.config_options(cfg) == {"input_size": 112, "dropout_rate": 0.5, "remat": False,
+                                        "width": 8, "stage_sizes": (1, 1, 1, 1)}
   # A meta.json-like dict (arch instead of name, lists) builds the same way.
   meta = {"arch": "resnet18", "width": 8, "stage_sizes": [1, 1, 1, 1], "stem": "small",
           "strides": [1, 2, 2, 2], "tsm": False, "num_classes": 3}

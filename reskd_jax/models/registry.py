@@ -37,7 +37,8 @@ class Family:
     module_type: the top-level Flax module class ``build`` returns.
     build: ``build(num_classes, **options)``; it must accept ``input_size``,
       ``dropout_rate``, ``dtype``, ``bn_axis_name`` (ignored by families
-      without BatchNorm) and ``in_channels``.
+      without BatchNorm), ``in_channels`` and ``remat`` (``nn.remat`` around
+      every block).
     config_keys: the keys of a config model block (``configs.default.
       get_model_config``) that are options of this family; a key whose value
       is ``None`` means "the architecture's default".
@@ -58,7 +59,8 @@ class Family:
   temporal_multiple: int = 1
 
 
-_COMMON_KEYS = ("input_size", "dropout_rate")
+# remat: a memory/compute trade of training, not architecture (no variable changes).
+_COMMON_KEYS = ("input_size", "dropout_rate", "remat")
 
 FAMILIES: Dict[str, Family] = {
     "resnet": Family(

@@ -121,6 +121,7 @@ class ResNet(nn.Module):
   stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "small": 3x3/2 conv, no pool
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None  # set for synchronised BatchNorm
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @property
   def total_stride(self) -> int:
@@ -143,11 +144,13 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name="bn1")(x))
     else:
       raise ValueError(f"unknown stem {self.stem!r}: expected 'imagenet' or 'small'")
+    # Same parameter names either way: the lifted block keeps its `name`.
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     for i, (num_blocks, stage_stride) in enumerate(zip(self.stage_sizes, self.strides)):
       for j in range(num_blocks):
-        x = self.block_cls(self.width * 2**i, stride=stage_stride if j == 0 else 1,
-                           norm=norm, dtype=self.dtype, num_segments=num_segments,
-                           name=f"layer{i + 1}_{j}")(x)
+        x = block_cls(self.width * 2**i, stride=stage_stride if j == 0 else 1,
+                      norm=norm, dtype=self.dtype, num_segments=num_segments,
+                      name=f"layer{i + 1}_{j}")(x)
     return x
 
 
@@ -229,7 +232,8 @@ def build(num_classes: int, *, block: str, stage_sizes: Sequence[int], tsm: bool
           num_segments: Optional[int] = None, strides: Sequence[int] = (1, 2, 2, 2),
           width: int = 64, stem: str = "imagenet", input_size: Optional[int] = None,
           dropout_rate: float = 0.5, dtype: Any = jnp.float32,
-          bn_axis_name: Optional[str] = None, in_channels: int = 3) -> VideoClassifier:
+          bn_axis_name: Optional[str] = None, in_channels: int = 3,
+          remat: bool = False) -> VideoClassifier:
   """A 2D ResNet video classifier (the registry gives ``block``/``stage_sizes`` per name).
 
   Args:
@@ -244,6 +248,9 @@ def build(num_classes: int, *, block: str, stage_sizes: Sequence[int], tsm: bool
       how the ResKD student gets 112 px from the teacher's 224 crop.
     dtype: compute dtype (parameters stay float32).
     bn_axis_name: mesh axis for synchronised BatchNorm (None: per device).
+    remat: wrap every residual block in ``nn.remat``: its activations are recomputed in
+      the backward pass instead of kept, less memory for more compute, the same numbers
+      and the same variables.
   """
   if block not in BLOCKS:
     raise ValueError(f"block={block!r}: expected one of {sorted(BLOCKS)}")
@@ -256,7 +263,8 @@ def build(num_classes: int, *, block: str, stage_sizes: Sequence[int], tsm: bool
   if len(sizes) != 4:
     raise ValueError(f"stage_sizes={sizes}: expected four values")
   backbone = ResNet(stage_sizes=sizes, block_cls=BLOCKS[block], strides=strides,
-                    width=width, stem=stem, dtype=dtype, bn_axis_name=bn_axis_name)
+                    width=width, stem=stem, dtype=dtype, bn_axis_name=bn_axis_name,
+                    remat=bool(remat))
   return VideoClassifier(backbone=backbone, num_classes=num_classes,
                          dropout_rate=dropout_rate, input_size=input_size, tsm=tsm,
                          num_segments=num_segments, in_channels=in_channels, dtype=dtype)

@@ -87,6 +87,7 @@ class SlowOnly(nn.Module):
   in_channels: int = 3
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None  # set for synchronised BatchNorm
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @property
   def total_stride(self) -> int:
@@ -113,11 +114,13 @@ class SlowOnly(nn.Module):
     x = _conv3d(self.width, (1, 7, 7), (1, 2, 2), "conv1", self.dtype)(x)
     x = nn.relu(norm(name="bn1")(x))
     x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+    # Same parameter names either way: the lifted block keeps its `name`.
+    block_cls = nn.remat(Bottleneck3d) if self.remat else Bottleneck3d
     for i, (num_blocks, stride) in enumerate(zip(self.stage_sizes, self.spatial_strides)):
       for j in range(num_blocks):
-        x = Bottleneck3d(self.width * 2**i, spatial_stride=stride if j == 0 else 1,
-                         inflate=bool(self.inflate[i]), norm=norm, dtype=self.dtype,
-                         name=f"layer{i + 1}_{j}")(x)
+        x = block_cls(self.width * 2**i, spatial_stride=stride if j == 0 else 1,
+                      inflate=bool(self.inflate[i]), norm=norm, dtype=self.dtype,
+                      name=f"layer{i + 1}_{j}")(x)
     # I3DHead: average over (T, h, w), dropout, fc.
     return layers.classify(x, jnp.mean(x, axis=(1, 2, 3)), num_classes=self.num_classes,
                            dropout_rate=self.dropout_rate, train=train, dtype=self.dtype,
@@ -128,7 +131,8 @@ class SlowOnly(nn.Module):
 def build(num_classes: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), width: int = 64,
           inflate: Sequence[int] = INFLATE, input_size: Optional[int] = None,
           dropout_rate: float = 0.5, dtype: Any = jnp.float32,
-          bn_axis_name: Optional[str] = None, in_channels: int = 3) -> SlowOnly:
+          bn_axis_name: Optional[str] = None, in_channels: int = 3,
+          remat: bool = False) -> SlowOnly:
   """A SlowOnly classifier.
 
   Args:
@@ -139,6 +143,8 @@ def build(num_classes: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), width:
       how the ResKD student gets 112 px from the teacher's 224 crop.
     dtype: compute dtype (parameters stay float32).
     bn_axis_name: mesh axis for synchronised BatchNorm (None: per device).
+    remat: wrap every residual block in ``nn.remat`` (activations recomputed in the
+      backward pass: less memory, the same numbers and variables).
   """
   sizes = tuple(int(s) for s in stage_sizes)
   inflate = tuple(int(i) for i in inflate)
@@ -148,7 +154,8 @@ def build(num_classes: int, *, stage_sizes: Sequence[int] = (3, 4, 6, 3), width:
     raise ValueError(f"inflate={inflate}: expected four values, each 0 or 1")
   return SlowOnly(num_classes=num_classes, stage_sizes=sizes, width=int(width),
                   inflate=inflate, dropout_rate=dropout_rate, input_size=input_size,
-                  in_channels=in_channels, dtype=dtype, bn_axis_name=bn_axis_name)
+                  in_channels=in_channels, dtype=dtype, bn_axis_name=bn_axis_name,
+                  remat=bool(remat))
 
 
 def with_bn_axis(model: SlowOnly, axis_name: Optional[str]) -> SlowOnly:

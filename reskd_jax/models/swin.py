@@ -241,6 +241,7 @@ class BasicLayer(nn.Module):
   qkv_bias: bool = True
   downsample: bool = True
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -249,8 +250,12 @@ class BasicLayer(nn.Module):
     window, shift = get_window_size((d, h, w), self.window_size, shift_size)
     padded = [-(-size // win) * win for size, win in zip((d, h, w), window)]
     mask = compute_mask(*padded, window, shift)
+    # `train` (argument 3, counting self) picks Python branches: static. The lifted
+    # block keeps its `name`, so the parameter names are the same either way.
+    block_cls = (nn.remat(SwinTransformerBlock3D, static_argnums=(3,)) if self.remat
+                 else SwinTransformerBlock3D)
     for j in range(self.depth):
-      x = SwinTransformerBlock3D(
+      x = block_cls(
           self.dim, self.num_heads, tuple(self.window_size),
           (0, 0, 0) if j % 2 == 0 else shift_size, mlp_ratio=self.mlp_ratio,
           qkv_bias=self.qkv_bias, drop_path=self.drop_paths[j], dtype=self.dtype,
@@ -295,6 +300,7 @@ class SwinTransformer3D(nn.Module):
   patch_norm: bool = True
   drop_path_rate: float = 0.1
   dtype: Any = jnp.float32
+  remat: bool = False  # nn.remat around every transformer block
 
   @property
   def num_features(self) -> int:
@@ -311,7 +317,7 @@ class SwinTransformer3D(nn.Module):
       x = BasicLayer(self.embed_dim * 2**i, depth, self.num_heads[i], tuple(self.window_size),
                      tuple(dpr[start:start + depth]), mlp_ratio=self.mlp_ratio,
                      qkv_bias=self.qkv_bias, downsample=i < len(self.depths) - 1,
-                     dtype=self.dtype, name=f"layers_{i}")(x, train)
+                     dtype=self.dtype, remat=self.remat, name=f"layers_{i}")(x, train)
     return _layer_norm("norm", self.dtype)(x)
 
 
@@ -367,7 +373,7 @@ def build(num_classes: int, *, embed_dim: int, depths: Sequence[int], num_heads:
           mlp_ratio: float = 4.0, drop_path_rate: float = 0.1,
           input_size: Optional[int] = None, dropout_rate: float = 0.5,
           dtype: Any = jnp.float32, bn_axis_name: Optional[str] = None,
-          in_channels: int = 3) -> SwinClassifier:
+          in_channels: int = 3, remat: bool = False) -> SwinClassifier:
   """A Video Swin classifier (the registry gives embed_dim/depths/num_heads per name).
 
   Args:
@@ -382,6 +388,9 @@ def build(num_classes: int, *, embed_dim: int, depths: Sequence[int], num_heads:
     dropout_rate: the head's dropout (0.5 in I3DHead).
     dtype: compute dtype (parameters stay float32).
     bn_axis_name: ignored (Swin has no BatchNorm); accepted for a uniform interface.
+    remat: wrap every transformer block in ``nn.remat``: its activations (attention
+      maps, MLP hidden layer) are recomputed in the backward pass instead of kept, less
+      memory for more compute, the same numbers and the same variables.
   """
   del bn_axis_name
   depths = tuple(int(v) for v in depths)
@@ -404,7 +413,7 @@ def build(num_classes: int, *, embed_dim: int, depths: Sequence[int], num_heads:
   backbone = SwinTransformer3D(embed_dim=int(embed_dim), depths=depths, num_heads=num_heads,
                                window_size=window_size, patch_size=patch_size,
                                mlp_ratio=float(mlp_ratio), drop_path_rate=float(drop_path_rate),
-                               dtype=dtype)
+                               dtype=dtype, remat=bool(remat))
   return SwinClassifier(backbone=backbone, num_classes=num_classes, dropout_rate=dropout_rate,
                         input_size=input_size, in_channels=in_channels, dtype=dtype)
 

@@ -543,7 +543,8 @@ def format_table(result: Dict[str, Any]) -> str:
            + f"), {c['dtype']}, {c['num_frames']} frames, crop {c['crop_size']}"
            + (f" -> {c['input_size']}" if c["input_size"] else "")
            + f", global batch {c['batch_size']}"
-           + (f" x {c['grad_accum_steps']} accumulated" if c["grad_accum_steps"] > 1 else "")]
+           + (f" x {c['grad_accum_steps']} accumulated" if c["grad_accum_steps"] > 1 else "")
+           + (", blocks rematerialised (config.model.remat)" if c.get("remat") else "")]
   lines += [f"note: {n}" for n in result["notes"]]
   header = (f"{'topology':<10} {'step':<5} {'b/dev':>5} {'args':>6} {'temp':>6} {'out':>6} "
             f"{'alias':>6} {'total':>6} {'HBM':>6} {'fits':<4} {'GFLOP':>9} {'GB acc':>7} "
