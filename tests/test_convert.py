@@ -274,11 +274,11 @@ def test_cli_converts_torchvision_file(tmp_path, capsys):
   # --classes stores the release's class order in meta.json (checked by ResKD runs); a list
   # of another length than the classifier's is refused.
   names = tmp_path / "classes.txt"
-  names.write_text("".join(f"class {k}\n" for k in range(NUM_CLASSES)))
+  names.write_text("".join(f"class {chr(97 + k)}\n" for k in range(NUM_CLASSES)))
   assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
                        f"--output={out}", "--ignore=teacher.", f"--classes={names}"]) == 0
   meta = json.loads((out / "meta.json").read_text())
-  assert meta["class_names"] == [f"class {k}" for k in range(NUM_CLASSES)]
+  assert meta["class_names"] == [f"class {chr(97 + k)}" for k in range(NUM_CLASSES)]
   names.write_text("only one\n")
   capsys.readouterr()
   assert convert_weights.main(["--format=torchvision", "--arch=resnet18", f"--input={path}",
