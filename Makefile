@@ -23,12 +23,13 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 # The whole suite; test-fast leaves out the end-to-end tests (marker e2e in pytest.ini: main.py
-# and data_prep as processes, multi-process runs, training to a result).
+# and data_prep as processes, multi-process runs, training to a result) and the slow ones
+# (marker slow: full-size networks, sharded steps, TPU compiles; see tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest tests -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -q -m "not e2e" $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -m "not e2e and not slow" $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m reskd_jax.tools.demo --workdir=runs/demo

@@ -1,5 +1,5 @@
 """Test set-up: 8 CPU devices, a persistent compilation cache (one per pytest-xdist worker),
-the e2e marks of modules that do not set them.
+the e2e marks of modules that do not set them, the slow marks.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence here.
 """
@@ -33,13 +33,81 @@ _E2E = {
 }
 
 
+# Slow tests (marker slow): one process, but more than about 2.5 s each on the 2-core
+# machine (a full-size network against its PyTorch reference, a train step sharded over 8
+# devices, a compile for a TPU topology, a module's trained fixture). `make test-fast` leaves
+# them out with the e2e tests; `make test` runs everything. Measured with `--durations`.
+_SLOW = {
+    "test_convert": {"test_cli_bad_file_exits_cleanly",
+                     "test_mmaction_tsm_resnet50_matches_torch",
+                     "test_torchvision_resnet_matches_torch"},
+    "test_data_prep_beam": {"test_beam_direct_runner_equals_local_builder_and_converter"},
+    "test_data_prep_nothing_lost": {"test_default_shard_count_gives_every_worker_a_shard"},
+    "test_data_prep_tfds": {"test_repack_from_tfds_trains_like_the_converter"},
+    "test_decode": {"test_pipeline_output_unchanged_by_crop_aware_decoding",
+                    "test_unrolled_and_looped_decoding_agree"},
+    "test_family_training": {"test_slowonly_sharded_reskd_step_with_feature_kd",
+                             "test_swin_sharded_reskd_step_with_pixel_logit_kd"},
+    "test_input_pipeline": {"test_frames_layout_gives_the_same_eval_views",
+                            "test_frames_layout_gives_the_same_training_batches",
+                            "test_parallel_reads_give_the_same_batches",
+                            "test_resumed_stream_equals_uninterrupted_stream",
+                            "test_train_deterministic_per_seed",
+                            "test_train_tsn_multiscale_end_to_end"},
+    "test_labels": {"test_inference_reads_numbered_class_lists"},
+    "test_losses": {"test_gradient_reaches_student_never_teacher"},
+    "test_main": {"test_checkpoint_that_does_not_fit_is_one_line",
+                  "test_tensorflow_is_quiet_from_its_first_import_in_every_entry_point"},
+    "test_models": {"test_bfloat16_compute", "test_output_shapes_every_depth",
+                    "test_rank4_input_with_num_segments",
+                    "test_tiny_model_runs_and_dict_outputs_agree"},
+    "test_optim": {"test_adamw_decays_kernels_only_with_backbone_multiplier"},
+    "test_plan": {"test_bad_topology_and_batch_are_one_line",
+                  "test_largest_batch_prediction_against_direct_compiles",
+                  "test_plan_of_tiny_reskd_single_and_multi_host",
+                  "test_plan_without_libtpu_stops_with_one_line"},
+    "test_profile_plots": {"test_erf_and_attention_figures", "test_run_profile_writes_rows",
+                           "test_visualize_cli_from_saved_variables"},
+    "test_registry": {"test_runtime_imports_no_torch"},
+    "test_remat": {"test_remat_gives_the_same_variables_loss_and_gradients",
+                   "test_remat_puts_every_block_under_a_checkpoint",
+                   "test_remat_train_step_equals_plain_with_a_teacher"},
+    "test_robust_training": {
+                             "test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint",
+                             "test_flipped_bytes_in_the_newest_checkpoint_resume_from_the_previous",
+                             "test_reskd_takes_the_teacher_architecture_from_meta_json"},
+    "test_shared_rules": {"test_predict_num_frames_sets_a_dense_models_clip_len"},
+    "test_slowonly": {"test_matches_mmaction2_transcription"},
+    "test_structure": {"test_runtime_package_imports_no_torch"},
+    "test_swin": {"test_checkpoint_file_round_trip",
+                  "test_cli_converts_a_swin_t_file_and_refuses_a_resnet_file",
+                  "test_gflops_match_table3_and_attention_is_separate",
+                  "test_return_dict_contract_and_stochastic_depth",
+                  "test_swin_s_matches_torch_reference",
+                  "test_tiny_matches_torch_with_shrunk_windows_odd_maps_and_resize"},
+    "test_train_step": {"test_baseline_mode_has_no_kd_and_no_teacher",
+                        "test_learning_reduces_kd_term_tenfold",
+                        "test_param_groups_and_lr_schedule",
+                        "test_sharded_step_equals_device_by_device_average",
+                        "test_step_compiles_once",
+                        "test_sync_bn_step_equals_single_device_whole_batch",
+                        "test_teacher_is_bit_identical_after_many_steps_and_state_is_donated"},
+    "test_training_faults": {"test_a_training_shard_deleted_mid_run_is_named"},
+    "test_use": {"test_export_then_load_matches_the_model", "test_predict_video_files_json",
+                 "test_visualize_from_video_files"},
+}
+
+
 def pytest_collection_modifyitems(config, items):
-  """The e2e marks of _E2E."""
+  """The e2e marks of _E2E and the slow marks of _SLOW."""
   del config
   for item in items:
     module = os.path.splitext(os.path.basename(item.nodeid.split("::")[0]))[0]
-    if getattr(item, "originalname", item.name) in _E2E.get(module, ()):
+    name = getattr(item, "originalname", item.name)
+    if name in _E2E.get(module, ()):
       item.add_marker(pytest.mark.e2e)
+    if name in _SLOW.get(module, ()):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
