@@ -308,3 +308,17 @@ def wait_for(logs, procs, needle, index=0):
   while needle not in open(logs[index]).read():
     assert time.time() < deadline and all(p.poll() is None for p in procs), tail(logs)
     time.sleep(0.05)
+
+
+def can_mount_tmpfs(tmp_path) -> bool:
+  """Whether this process may mount a tmpfs in a private mount namespace (`unshare -rm`):
+  the real full-disk and read-only file systems of the fault tests."""
+  import shutil
+  if not shutil.which("unshare"):
+    return False
+  probe = tmp_path / "probe"
+  probe.mkdir()
+  ok = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {probe}"],
+                      capture_output=True).returncode == 0
+  probe.rmdir()
+  return ok

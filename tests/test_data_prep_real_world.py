@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import make_frames, put_frames, put_video, read_records
+from helpers import can_mount_tmpfs
 from data_prep.cli import main as cli_main
 from reskd_jax.data import shard_check
 from reskd_jax.errors import DataError
@@ -278,17 +279,6 @@ def test_frame_folders_with_duplicate_numbers_or_mixed_sizes(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- 7
-def _can_mount_tmpfs(tmp_path):
-  if not shutil.which("unshare"):
-    return False
-  probe = tmp_path / "probe"
-  probe.mkdir()
-  ok = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {probe}"],
-                      capture_output=True).returncode == 0
-  probe.rmdir()
-  return ok
-
-
 DISK_FULL_SCRIPT = r"""
 set -u
 mount -t tmpfs -o size=96k none "$DISK" || exit 99
@@ -309,7 +299,7 @@ cp -r "$DISK/data" "$LOG.data"
 def test_disk_full_gives_one_line_and_no_partial_file(tmp_path, capsys, workers, rerun):
   """A real full disk: a 96 KiB tmpfs mounted in a user namespace (unshare -rm). In the
   conversion process or in a worker (the error crosses the pipe); then freed, rerun."""
-  if not _can_mount_tmpfs(tmp_path):
+  if not can_mount_tmpfs(tmp_path):
     pytest.skip("cannot mount a small tmpfs here (unshare -rm not permitted)")
   src = tmp_path / "src"
   rs = np.random.RandomState(0)

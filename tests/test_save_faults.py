@@ -15,7 +15,6 @@ intact and consistent, no half-written `*-tmp` directory, and the rerun resumes.
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -24,9 +23,7 @@ import pytest
 
 from reskd_jax import checkpoints, errors, log_filter, workdir as workdir_lib
 from data_helpers import write_tiny_dataset  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "minik_r50_112.py") + ":tiny"
+from helpers import ROOT, TINY_CONFIG as CONFIG, can_mount_tmpfs, main_env
 # A checkpoint of the :tiny teacher takes about 750 KiB on a tmpfs: this holds one, not two.
 SMALL_DISK = "1200k"
 
@@ -40,11 +37,7 @@ def data(tmp_path_factory):
 
 
 def _env():
-  env = dict(os.environ)
-  env.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-              "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT,
-              "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".cache", "jax")})
-  return env
+  return main_env(devices=1)
 
 
 def _cmd(data, workdir, steps):
@@ -54,20 +47,9 @@ def _cmd(data, workdir, steps):
           f"--config.num_train_steps={steps}"]
 
 
-def _can_mount(tmp_path):
-  if not shutil.which("unshare"):
-    return False
-  probe = tmp_path / "probe"
-  probe.mkdir()
-  ok = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {probe}"],
-                      capture_output=True).returncode == 0
-  probe.rmdir()
-  return ok
-
-
 def _in_namespace(tmp_path, script, **env):
   """Runs `script` (sh) in a private mount namespace; returns what it wrote to $LOG.*."""
-  if not _can_mount(tmp_path):
+  if not can_mount_tmpfs(tmp_path):
     pytest.skip("cannot mount a file system here (unshare -rm not permitted)")
   log = tmp_path / "log"
   subprocess.run(["unshare", "-rm", "sh", "-c", "set -u\n" + script], check=True, timeout=300,
@@ -155,7 +137,7 @@ echo $? > "$LOG.rc1"
 @pytest.mark.e2e
 def test_a_read_only_checkpoint_directory_is_one_line_and_the_rerun_resumes(data, tmp_path):
   workdir = str(tmp_path / "run")
-  if not _can_mount(tmp_path):
+  if not can_mount_tmpfs(tmp_path):
     pytest.skip("cannot mount a file system here (unshare -rm not permitted)")
   proc = subprocess.run(_cmd(data, workdir, 2), cwd=ROOT, env=_env(), capture_output=True,
                         text=True, timeout=300)

@@ -15,7 +15,6 @@ it, and exit 143; nothing trains on to the last step.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +22,9 @@ import time
 import pytest
 
 from data_prep.demo_data import prepare_demo
+from helpers import ROOT, free_port, multihost_env
 from reskd_jax import checkpoints, errors, workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
 TIMEOUT = 480  # seconds a launch may take to reach the signal (a loaded 2-core machine)
 STOP_LIMIT = 120  # seconds from the signal to both processes' exit
@@ -39,15 +38,8 @@ def demo_data(tmp_path_factory):
 
 
 def _launch(data, workdir, logdir):
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ)
-  env.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-              "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "TF_CPP_MIN_LOG_LEVEL": "2",
-              "PYTHONPATH": ROOT, "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".cache", "jax")})
-  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    env.pop(key, None)
+  port = free_port()
+  env = multihost_env()  # 2 CPU devices, gloo, the tests' compilation cache
   procs, logs = [], []
   for i in range(2):
     logs.append(os.path.join(logdir, f"p{i}.log"))
