@@ -157,8 +157,9 @@ def test_a_second_launch_into_a_held_workdir_is_refused_by_every_process(setup):
   assert json.load(open(workdir / workdir_lib.LOCK))["pid"] == holder.pid  # untouched
 
 
-def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
-  """What the filter does with the lines JAX and gloo print when process 0 dies."""
+def _output_filter():
+  """`python -m reskd_jax.log_filter` reading two pipes: (process, stdout's and stderr's
+  write ends)."""
   r_out, w_out = os.pipe()
   r_err, w_err = os.pipe()
   child = subprocess.Popen([sys.executable, "-m", "reskd_jax.log_filter", str(r_out),
@@ -166,6 +167,12 @@ def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   os.close(r_out)
   os.close(r_err)
+  return child, w_out, w_err
+
+
+def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
+  """What the filter does with the lines JAX and gloo print when process 0 dies."""
+  child, w_out, w_err = _output_filter()
   with os.fdopen(w_out, "w") as out, os.fdopen(w_err, "w") as err:
     out.write("[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer "
               "ranks is : 1\n[train] step 5/40\n")
@@ -192,13 +199,7 @@ def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
 def test_the_output_filter_keeps_stdout_read_after_the_fatal_dump():
   """The two pipes are read by two threads, so a line the run printed before dying may be
   read after the dump: stdout is never swallowed, only what follows the dump on stderr."""
-  r_out, w_out = os.pipe()
-  r_err, w_err = os.pipe()
-  child = subprocess.Popen([sys.executable, "-m", "reskd_jax.log_filter", str(r_out),
-                            str(r_err)], cwd=ROOT, pass_fds=(r_out, r_err),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  os.close(r_out)
-  os.close(r_err)
+  child, w_out, w_err = _output_filter()
   with os.fdopen(w_err, "w") as err:
     err.write("F1207 02:51:36.052900   26787 client.h:80] Terminating process because the JAX "
               "distributed service detected fatal errors. absl::Status: UNAVAILABLE: Failed to "
