@@ -322,3 +322,29 @@ def can_mount_tmpfs(tmp_path) -> bool:
                       capture_output=True).returncode == 0
   probe.rmdir()
   return ok
+
+
+def tiny_profile_config():
+  """configs/default.py with a 5-class ResNet-18 of width 4, one block per stage: a profile
+  (`--mode=profile`) that runs in seconds."""
+  from configs import default
+  config = default.get_config()
+  config.num_classes = 5
+  config.model.name = "resnet18"
+  config.model.width = 4
+  config.model.stage_sizes = (1, 1, 1, 1)
+  return config
+
+
+def kill_at_rename_to(monkeypatch, path: str):
+  """`os.rename` onto `path` raises KeyboardInterrupt (a kill at that instant); any other
+  rename goes through. Returns the real `os.rename`, to put back before recovering."""
+  real_rename = os.rename
+
+  def killed(src, dst):
+    if dst == path:
+      raise KeyboardInterrupt("killed")
+    return real_rename(src, dst)
+
+  monkeypatch.setattr(os, "rename", killed)
+  return real_rename

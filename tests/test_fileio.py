@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from helpers import kill_at_rename_to
 from reskd_jax import fileio
 
 
@@ -147,14 +148,7 @@ def test_crash_between_the_two_renames_then_recovery(tmp_path, monkeypatch):
   path = str(tmp_path / "d")
   with fileio.atomic_path(path) as tmp:
     _write_dir(tmp, "old")
-  real_rename = os.rename
-
-  def killed_at_the_second_rename(src, dst):
-    if dst == path:
-      raise KeyboardInterrupt("killed")
-    return real_rename(src, dst)
-
-  monkeypatch.setattr(os, "rename", killed_at_the_second_rename)
+  real_rename = kill_at_rename_to(monkeypatch, path)  # the second rename: the new one in
   with pytest.raises(KeyboardInterrupt):
     with fileio.atomic_path(path) as tmp:
       _write_dir(tmp, "new")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from configs import default as default_config
+from helpers import tiny_profile_config
 from reskd_jax.tools import profiling
 
 
@@ -36,12 +36,8 @@ def test_platform_defaults_keep_the_paper_batch_on_accelerators():
 
 
 def test_unset_batch_is_chosen_for_the_platform_and_said(tmp_path, capsys):
-  config = default_config.get_config()
+  config = tiny_profile_config()
   assert config.profile.batch_size == 0  # the default: fit the platform
-  config.num_classes = 5
-  config.model.name = "resnet18"
-  config.model.width = 4
-  config.model.stage_sizes = (1, 1, 1, 1)
   config.data.num_frames = 2
   config.profile.resolutions = (32,)
   rows = profiling.run_profile(config, str(tmp_path))
@@ -54,11 +50,7 @@ def test_unset_batch_is_chosen_for_the_platform_and_said(tmp_path, capsys):
 
 
 def test_explicit_batch_is_kept(tmp_path):
-  config = default_config.get_config()
-  config.num_classes = 5
-  config.model.name = "resnet18"
-  config.model.width = 4
-  config.model.stage_sizes = (1, 1, 1, 1)
+  config = tiny_profile_config()
   config.data.num_frames = 2
   config.profile.resolutions = (32,)
   config.profile.batch_size = 3

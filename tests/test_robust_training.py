@@ -28,7 +28,7 @@ from reskd_jax import checkpoints, config_checks, errors, meta as meta_lib, mode
 from reskd_jax import train_step, workdir as workdir_lib
 from helpers import (FRAMES, NUM_CLASSES, ROOT, one_line_error as _one_line_error, popen,
                      run_main as _run, run_subprocess, small_train_state as _state,
-                     TINY_CONFIG, tiny_args)
+                     TINY_CONFIG, kill_at_rename_to, tiny_args)
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +197,7 @@ def test_best_variables_and_best_json_change_together(tmp_path, monkeypatch):
             for k in (2, 4))
   checkpoints.save_variables(best_dir, v2, {"arch": "resnet18"},
                              extra_json={workdir_lib.BEST: {"top1": 0.5, "step": 2}})
-  real_rename = os.rename
-
-  def killed_before_commit(src, dst):
-    if dst == best_dir:
-      raise KeyboardInterrupt("killed")
-    return real_rename(src, dst)
-
-  monkeypatch.setattr(os, "rename", killed_before_commit)
+  real_rename = kill_at_rename_to(monkeypatch, best_dir)  # before the new one is committed
   with pytest.raises(KeyboardInterrupt):
     checkpoints.save_variables(best_dir, v4, {"arch": "resnet18"},
                                extra_json={workdir_lib.BEST: {"top1": 0.75, "step": 4}})

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from configs import default as default_config, minik_r50_112, minik_r152_224
+from configs import minik_r50_112, minik_r152_224
 from reskd_jax import checkpoints, config_checks, errors, gflops, meta as meta_lib, models, train
 from reskd_jax.data import clips, resize, video_io
 from reskd_jax.tools import inference, predict, profiling
@@ -22,6 +22,7 @@ from reskd_jax.tools import inference, predict, profiling
 from data_prep import encode
 from data_prep.items import Item
 from data_helpers import make_frames, put_video
+from helpers import tiny_profile_config
 
 NUM_CLASSES = 4
 
@@ -58,11 +59,7 @@ def test_trainer_gflops_count_a_dense_runs_clip_len():
 
 
 def test_profile_runs_the_frames_per_clip(tmp_path):
-  config = default_config.get_config()
-  config.num_classes = 5
-  config.model.name = "resnet18"
-  config.model.width = 4
-  config.model.stage_sizes = (1, 1, 1, 1)
+  config = tiny_profile_config()
   config.data.sampling = "dense"
   config.data.num_frames = 8
   config.data.clip_len = 2
