@@ -89,7 +89,9 @@ def drop_late_write_completions() -> None:
   asyncio.set_event_loop_policy(_QuietLoopPolicy())
 
 
-_DROP = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
+# gloo's lines come from one thread per peer and may interleave within a line ("[Gloo] Rank
+# [Gloo] Rank 0 is connected ...", then "1 is connected ..."): each piece is dropped.
+_DROP = re.compile(r"^\[Gloo\] Rank |^\d+ is connected to \d+ peer ranks"
                    r"|^E\d{4} .*coordination_service_agent\.cc:\d+\] Polled an error from "
                    r"coordination service")
 _FATAL = re.compile(r"^F\d{4} .*Terminating process because the JAX distributed service "

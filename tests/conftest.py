@@ -1,20 +1,27 @@
-"""Test set-up: 8 CPU devices, a persistent compilation cache (one per pytest-xdist worker),
+"""Test set-up: 8 CPU devices, a persistent compilation cache (one, locked, for all workers),
 the e2e marks of modules that do not set them, the slow marks.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence here.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from helpers import xla_flags  # no jax import there
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import CACHE_DIR  # noqa: E402
+from helpers import CACHE_DIR, CACHE_MAX_BYTES  # noqa: E402
 
+# The cache of helpers.CACHE_ENV. Unlike the processes the tests start (which each compile
+# the same ~180 small programs again), this process keeps what it compiled in memory: it
+# writes only programs that took more than 0.5 s (writing every small one cost more than
+# it saved).
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

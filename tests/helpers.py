@@ -18,10 +18,30 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One persistent compilation cache per pytest-xdist worker (JAX writes its entries without a
-# lock), shared by the worker and the main.py processes it starts.
-CACHE_DIR = os.path.join(ROOT, ".cache", "jax", os.environ.get("PYTEST_XDIST_WORKER", "main"))
+# One persistent compilation cache for the whole suite: both pytest-xdist workers and every
+# process they start. A size limit turns on JAX's file lock around each read and write of
+# the cache (without one, JAX writes an entry in place and another process could read it
+# half-written), so a program compiled by one test is a cache hit for the others.
+# A process started by a test puts every program in, however quickly it compiled: each
+# main.py process compiles the same ~180 small ones (orbax's slices of the replicated state
+# at the first save, eager ops), about 3 s of CPU, which the next one reads back in a few ms.
+CACHE_DIR = os.path.join(ROOT, ".cache", "jax", "tests")
+CACHE_MAX_BYTES = 8 << 30
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+             "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def xla_flags(devices: int = 8) -> str:
+  """XLA_FLAGS of the tests and of the processes they start: `devices` CPU devices, and the
+  CPU backend's LLVM code generation at optimisation level 0. The tests' tiny programs spend
+  far more time being compiled than running (level 0 takes a third off the CPU time of
+  test_remat.py, for one); every comparison in the suite is between programs compiled the
+  same way, or against a reference with a tolerance."""
+  return (f"--xla_force_host_platform_device_count={devices} "
+          "--xla_backend_optimization_level=0")
 
 
 def main_env(devices: int = 8, **extra: str) -> Dict[str, str]:
@@ -30,10 +50,10 @@ def main_env(devices: int = 8, **extra: str) -> Dict[str, str]:
   env = dict(os.environ)
   for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(key, None)
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  env.update({"XLA_FLAGS": xla_flags(devices),
               "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2",
               "PYTHONPATH": os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-              "JAX_COMPILATION_CACHE_DIR": CACHE_DIR})
+              **CACHE_ENV})
   env.update(extra)
   return env
 

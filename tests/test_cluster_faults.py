@@ -176,6 +176,10 @@ def test_the_output_filter_drops_chatter_and_turns_a_fatal_dump_into_one_line():
   with os.fdopen(w_out, "w") as out, os.fdopen(w_err, "w") as err:
     out.write("[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer "
               "ranks is : 1\n[train] step 5/40\n")
+    # Two gloo threads' lines interleaved within a line.
+    out.write("[Gloo] Rank [Gloo] Rank 0 is connected to 3 peer ranks. Expected number of "
+              "connected peer ranks is : 3\n1 is connected to 3 peer ranks. Expected number of "
+              "connected peer ranks is : 3\n")
     out.flush()
     err.write(
         "warning: kept\n"

@@ -107,8 +107,22 @@ def test_plan_of_tiny_reskd_single_and_multi_host(plans):
   assert "TPU_WORKER_HOSTNAMES" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.fixture
+def own_cache(tmp_path):
+  """A persistent compilation cache of this test's own (the suite's is shared with the other
+  pytest-xdist worker, which may add entries meanwhile)."""
+  import jax
+  from jax._src import compilation_cache
+  shared = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))
+  compilation_cache.reset_cache()
+  yield str(tmp_path / "cache")
+  jax.config.update("jax_compilation_cache_dir", shared)
+  compilation_cache.reset_cache()
+
+
 @needs_libtpu
-def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
+def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path, own_cache):
   """Under a small memory figure, the predicted batch fits and the next one up does not."""
   import jax
   from configs import activitynet_r50_112
@@ -132,7 +146,8 @@ def test_largest_batch_prediction_against_direct_compiles(plans, tmp_path):
                                 if t["compiled_bytes"])
   # Direct compiles, independent of the search's own records (JAX's persistent cache, on in
   # this test process, is bypassed: it cannot read compile-only TPU executables back).
-  cache = jax.config.jax_compilation_cache_dir
+  cache = own_cache
+  assert jax.config.jax_compilation_cache_dir == cache
   cached_before = set(os.listdir(cache)) if os.path.isdir(cache) else set()
   steps = plan.RunSteps(config)
   planner = plan.Planner(steps, "v5e:2x2", hbm_gib=hbm_gib, stream=io.StringIO())

@@ -21,6 +21,7 @@ from PIL import Image
 
 from reskd_jax import augment, checkpoints, meta as meta_lib, models, workdir as workdir_lib
 from reskd_jax.tools import erf, export, exported, inference, predict, visualize
+from helpers import CACHE_ENV, xla_flags
 
 CLASSES = ("red", "green", "blue")
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
@@ -382,8 +383,8 @@ def test_readme_own_videos_recipe_runs_on_generated_videos(tmp_path):
       command += " --short-side=40 --workers=1"
     script.append(command)
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_COMPILATION_CACHE_DIR=os.path.join(root, ".cache", "jax"))
+             XLA_FLAGS=xla_flags(8),
+             **CACHE_ENV)
   proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])

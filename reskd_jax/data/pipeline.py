@@ -120,6 +120,15 @@ def _split_files(data_dir: str, manifest: Dict[str, Any], split: str) -> list:
   return files
 
 
+def _as_written(fn):
+  """`fn` traced as written, without AutoGraph's rewrite of its source: the functions of this
+  pipeline (and of `decode`, `sampling`, `augment`, `records`) use TensorFlow's control flow
+  explicitly (`tf.cond`, `tf.while_loop`) and Python's only on Python values. AutoGraph
+  would transform each of them, and every function they call, at every start (about 150
+  functions: several seconds of CPU before the first batch)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _hash_seed(*values: int) -> int:
   return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
@@ -155,14 +164,14 @@ def _read_records(files, num_files: int, parallel: bool, layout: str):
     # records.frames_path in graph ops: `.tfrecord` at the end becomes `.frames`.
     frames_file = tf.strings.regex_replace(path, r"(\.tfrecord)?$", ".frames",
                                            replace_global=False)
-    return ds.map(lambda record: {"record": record, "frames_file": frames_file})
+    return ds.map(_as_written(lambda record: {"record": record, "frames_file": frames_file}))
 
   cycle = min(num_files, _MAX_CYCLE_LENGTH)
   files = tf.data.Dataset.from_tensor_slices(files)
   if parallel:
-    return files.interleave(read, cycle_length=cycle, block_length=1,
+    return files.interleave(_as_written(read), cycle_length=cycle, block_length=1,
                             num_parallel_calls=AUTOTUNE, deterministic=True)
-  return files.interleave(read, cycle_length=cycle, block_length=1)
+  return files.interleave(_as_written(read), cycle_length=cycle, block_length=1)
 
 
 def _parse(layout: str):
@@ -290,7 +299,7 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
     cached = _read_records(list(files), len(files), _parallel_reads(data_cfg, files), layout)
     if not by_file:
       cached = cached.shard(count, index)
-    cached = cached.map(parse, num_parallel_calls=AUTOTUNE).cache()
+    cached = cached.map(_as_written(parse), num_parallel_calls=AUTOTUNE).cache()
 
   def epoch(e):
     base = tf.constant(host_seed % (1 << 62), tf.int64) + e * 1_000_003
@@ -310,18 +319,19 @@ def _train_dataset(data_cfg, split, files, batch_size, num_classes, seed, index,
       return decode.sample_frames(example, decode.element_seeds(base, j)[0], data_cfg=data_cfg,
                             num_classes=num_classes, split=split)
 
-    ds = ds.enumerate().map(sample, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.enumerate().map(_as_written(sample), num_parallel_calls=AUTOTUNE,
+                             deterministic=True)
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=base)
-    return ds.enumerate().map(lambda i, sampled: (base, i, sampled))
+    return ds.enumerate().map(_as_written(lambda i, sampled: (base, i, sampled)))
 
-  ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch).skip(offset)
+  ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(_as_written(epoch)).skip(offset)
 
   def transform(base, i, sampled):
     # Crop and label of the video at position i of the shuffled epoch.
     return decode.train_example(sampled, decode.element_seeds(base, i), data_cfg=data_cfg,
                           num_classes=num_classes)
 
-  ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.map(_as_written(transform), num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -342,18 +352,18 @@ def _eval_dataset(data_cfg, split, files, num_videos, batch_size, num_classes, i
     with tf.control_dependencies([check]):
       return read(tf.nest.map_structure(tf.identity, serialized))
 
-  ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE)
+  ds = ds.enumerate().map(_as_written(parse), num_parallel_calls=AUTOTUNE)
   if data_cfg.cache:
     ds = ds.cache()
-  ds = ds.map(lambda ex: decode.eval_example(ex, data_cfg=data_cfg, num_classes=num_classes,
-                                       split=split),
+  ds = ds.map(_as_written(lambda ex: decode.eval_example(ex, data_cfg=data_cfg,
+                                                        num_classes=num_classes, split=split)),
               num_parallel_calls=AUTOTUNE, deterministic=True)
   padding = tf.data.Dataset.from_tensors(decode.padding_example(data_cfg, num_classes)).repeat()
   total = num_batches * batch_size
   # One element past `total` is read and dropped, so that a shard holding more
   # videos than the manifest says trips the check above instead of losing videos.
   ds = ds.concatenate(padding).take(total + 1).enumerate()
-  ds = ds.filter(lambda i, _: i < total).map(lambda _, x: x)
+  ds = ds.filter(_as_written(lambda i, _: i < total)).map(_as_written(lambda _, x: x))
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
   return ds.prefetch(AUTOTUNE)
