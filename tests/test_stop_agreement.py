@@ -23,11 +23,10 @@ import time
 import pytest
 
 from data_prep.demo_data import prepare_demo
-from helpers import ROOT, free_port, multihost_env
+from helpers import ROOT, free_port, kill_all, multihost_env, tail as _tail, wait_for
 from reskd_jax import checkpoints, errors, workdir as workdir_lib
 
 STEPS = 30
-TIMEOUT = 480  # seconds a launch may take to reach the signal (a loaded 2-core machine)
 STOP_LIMIT = 120  # seconds from the signal to both processes' exit
 
 
@@ -58,30 +57,20 @@ def _launch(data, workdir, logdir):
   return procs, logs
 
 
-def _tail(logs, n=3000):
-  return "\n".join(f"--- {path}\n{open(path).read()[-n:]}" for path in logs)
-
-
 @pytest.mark.e2e
 def test_sigterm_to_process_0_between_saves_stops_both_at_the_same_step(demo_data, tmp_path):
   target, at_step = 0, 7
   workdir = str(tmp_path / "run")
   procs, logs = _launch(demo_data, workdir, str(tmp_path))
   try:
-    deadline = time.time() + TIMEOUT
-    while f"[train] step {at_step}/" not in open(logs[0]).read():
-      assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(logs)
-      time.sleep(0.02)
+    wait_for(logs, procs, f"[train] step {at_step}/")  # helpers.TIMEOUT at most
     os.kill(procs[target].pid, signal.SIGTERM)  # that process alone, as a scheduler does
     signalled = time.time()
     codes = [p.wait(timeout=max(signalled + STOP_LIMIT - time.time(), 1)) for p in procs]
   except subprocess.TimeoutExpired:
     pytest.fail("the run did not stop in time\n" + _tail(logs))
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+    kill_all(procs)
   assert codes == [errors.EXIT_PREEMPTED] * 2, _tail(logs)
   texts = [open(path).read() for path in logs]
   stopped = [[int(line.split("stopped at step ")[1].split()[0])

@@ -21,7 +21,7 @@ from PIL import Image
 
 from reskd_jax import augment, checkpoints, meta as meta_lib, models, workdir as workdir_lib
 from reskd_jax.tools import erf, export, exported, inference, predict, visualize
-from helpers import CACHE_ENV, xla_flags
+from helpers import ROOT, main_env
 
 CLASSES = ("red", "green", "blue")
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
@@ -216,8 +216,7 @@ def test_export_loader_needs_no_tensorflow_or_model_code(run_dir, tmp_path):
           "'optax', 'orbax') or k.startswith(('reskd_jax.models', 'reskd_jax.data.pipeline', "
           "'reskd_jax.tools.inference')))\n"
           "print(json.dumps({'shape': list(p.shape), 'heavy': heavy}))\n")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -355,11 +354,10 @@ def test_runtime_package_does_not_import_data_prep():
 
 def _readme_recipe():
   """The commands of the README's "Your own videos" block, continuation lines joined."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  text = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+  text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
   block = text.split("<!-- own-videos recipe")[1].split("<!-- end own-videos recipe")[0]
   block = block.split("```bash")[1].split("```")[0].replace("\\\n", " ")
-  return root, [" ".join(line.split()) for line in block.splitlines()
+  return ROOT, [" ".join(line.split()) for line in block.splitlines()
                 if line.strip() and not line.strip().startswith("#")]
 
 
@@ -382,9 +380,7 @@ def test_readme_own_videos_recipe_runs_on_generated_videos(tmp_path):
     if " data_prep " in command:
       command += " --short-side=40 --workers=1"
     script.append(command)
-  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=xla_flags(8),
-             **CACHE_ENV)
+  env = main_env()  # 8 CPU devices, this checkout on the import path, the tests' cache
   proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
