@@ -36,12 +36,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def xla_flags(devices: int = 8) -> str:
   """XLA_FLAGS of the tests and of the processes they start: `devices` CPU devices, and the
-  CPU backend's LLVM code generation at optimisation level 0. The tests' tiny programs spend
-  far more time being compiled than running (level 0 takes a third off the CPU time of
-  test_remat.py, for one); every comparison in the suite is between programs compiled the
-  same way, or against a reference with a tolerance."""
+  CPU backend's quickest compiles, since the tests' tiny programs spend far more time being
+  compiled than running: LLVM code generation at optimisation level 0, XLA's loop emitters
+  instead of its fusion emitters, one code-generation split (measured in docs/benchmarks.md,
+  "The test suite's compiles"). Every comparison in the suite is between programs compiled
+  the same way, or against a reference with a tolerance."""
   return (f"--xla_force_host_platform_device_count={devices} "
-          "--xla_backend_optimization_level=0")
+          "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+          "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def main_env(devices: int = 8, **extra: str) -> Dict[str, str]:

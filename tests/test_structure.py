@@ -343,21 +343,44 @@ def _python_m_modules():
   return found
 
 
-def test_every_python_m_command_in_the_docs_runs():
-  """`python -m X --help` exits 0 with a usage line for each module the docs name.
+# Runs each module as `python -m MODULE --help` does (runpy, as __main__, sys.argv set), all
+# in one process: each module imports JAX or TensorFlow, which takes most of a process's
+# start, so one process instead of one per module. Prints, per module, its exit status and
+# output between markers.
+_HELP_RUNNER = """
+import contextlib, io, runpy, sys, traceback
+for module in sys.argv[1:]:
+  out = io.StringIO()
+  sys.argv = [module, "--help"]
+  code = 0
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+      traceback.print_exc()
+      code = 1
+  print(f"=== {module} exit {code}")
+  print(out.getvalue())
+"""
 
-  The processes run side by side: each imports JAX or TensorFlow, which dominates.
-  """
+
+def test_every_python_m_command_in_the_docs_runs():
+  """`python -m X --help` exits 0 with a usage line for each module the docs name."""
   modules = _python_m_modules()
   assert {"data_prep", "reskd_jax.tools.predict", "reskd_jax.tools.demo"} <= set(modules), modules
+  names = [m for m in sorted(modules) if not m.rsplit(".", 1)[-1].startswith("_")]
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for m in sorted(modules) if not m.rsplit(".", 1)[-1].startswith("_")}
-  failed = []
-  for module, proc in procs.items():
-    out, _ = proc.communicate(timeout=300)
-    if proc.returncode != 0 or "usage" not in out.lower():
-      failed.append(f"python -m {module} --help (named in {modules[module]}): exit "
-                    f"{proc.returncode}\n{out[-1500:]}")
+  proc = subprocess.run([sys.executable, "-c", _HELP_RUNNER, *names], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  outputs = {}
+  for part in proc.stdout.split("=== ")[1:]:
+    head, _, out = part.partition("\n")
+    module, _, code = head.partition(" exit ")
+    outputs[module] = (int(code), out)
+  assert sorted(outputs) == names, (sorted(outputs), proc.stdout[-3000:])
+  failed = [f"python -m {m} --help (named in {modules[m]}): exit {code}\n{out[-1500:]}"
+            for m, (code, out) in outputs.items() if code != 0 or "usage" not in out.lower()]
   assert not failed, "\n\n".join(failed)
