@@ -282,3 +282,42 @@ def test_installed_libtpu_without_chips_leaves_jax_on_the_cpu_quietly():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "cpu ['cpu']", proc.stdout
   assert "TPU" not in proc.stderr and "libtpu" not in proc.stderr, proc.stderr[-2000:]
+
+
+class _FakePlanner:
+  """What Planner.largest_batch uses: compile_step and the limit, memory given by `mem`
+  (bytes per device for a batch, None where the compiler refuses the program)."""
+
+  def __init__(self, mem, limit):
+    self.mem, self.limit, self.compiled = mem, limit, []
+    self.topology, self.devices_per_chip, self.num_devices = "v5e:2x4", 1, 8
+
+  def compile_step(self, which, batch):
+    assert which == "train" and batch not in self.compiled, (which, batch, self.compiled)
+    self.compiled.append(batch)
+    m = self.mem(batch)
+    if m is None:
+      return {"per_device_batch": batch, "fits": False, "compiler_error": "RESOURCE_EXHAUSTED"}
+    return {"per_device_batch": batch, "fits": m <= self.limit, "memory_bytes": {"total": m}}
+
+
+@pytest.mark.parametrize("name,mem,limit,edge", [
+    # Affine: the first prediction is the edge (4 compiles).
+    ("affine", lambda b: 1000 + 100 * b, 10000, 90),
+    # What SlowOnly@112 on v5e:2x4 did: affine up to 76, then flat (the compiler recomputes
+    # instead of storing), so the fit through 76 and 77 pointed at 426, and the search
+    # walked down from there one refused batch at a time. Now: double, then halve.
+    ("flat_at_the_limit", lambda b: (None if b > 100 else 20000 if b > 80 else
+                                     1000 + 100 * min(b, 76)), 8650, 80),
+    ("flat_then_refused", lambda b: None if b >= 90 else 1000 + 100 * min(b, 76), 10000, 89),
+    ("refused_above_edge", lambda b: None if b > 60 else 1000 + 100 * b, 10000, 60),
+])
+def test_largest_batch_search_finds_the_edge_when_memory_is_not_affine(name, mem, limit, edge):
+  from reskd_jax.tools import plan
+  fake = _FakePlanner(mem, limit=limit)
+  first = fake.compile_step("train", 8)
+  result = plan.Planner.largest_batch(fake, first)
+  assert result["per_device_batch"] == edge, (name, fake.compiled, result)
+  assert result["edge_confirmed"], (name, fake.compiled)
+  assert result["compiles"] == len(fake.compiled) <= 14, fake.compiled
+  assert all(b < 2 * edge + 2 for b in fake.compiled), fake.compiled  # never far above

@@ -383,9 +383,14 @@ class Planner:
     in the batch: fit ``a + c * batch`` through two compiled points (the
     config's batch and twice or half of it), compile the predicted largest
     batch and the one above it; where memory is not exactly affine, refit
-    through the compiled points nearest the limit and repeat (at most 6
-    compiles). Returns the batch, how many compiles it took and how far each
-    prediction was off.
+    through the compiled points nearest the limit and repeat (at most 8
+    rounds). A prediction is kept strictly between the largest batch known to
+    fit and the smallest known not to. Where the fit is flat (near the limit
+    the compiler recomputes rather than stores, so memory can stop growing
+    with the batch) or points at or past a batch known not to fit (e.g. one
+    the compiler refused), the next batch is halfway between the two instead,
+    or twice the largest that fits while nothing above is known. Returns the
+    batch, how many compiles it took and how far each prediction was off.
     """
     b0 = first["per_device_batch"]
     points = {b0: first}
@@ -395,7 +400,10 @@ class Planner:
     points[b1] = self.compile_step("train", b1)
     tries = []
     intercept = slope = 0.0
-    for _ in range(6):
+    first_slope = ((points[b1]["memory_bytes"]["total"] - first["memory_bytes"]["total"]) /
+                   (b1 - b0) if "memory_bytes" in points[b1] and "memory_bytes" in first
+                   else 0.0)
+    for _ in range(8):
       measured = sorted(b for b, p in points.items() if "memory_bytes" in p)
       fit_b = [b for b in measured if points[b]["fits"]]
       over_b = sorted(b for b, p in points.items() if not p["fits"])  # with compiler refusals
@@ -415,8 +423,16 @@ class Planner:
       ma, mb = points[ba]["memory_bytes"]["total"], points[bb]["memory_bytes"]["total"]
       slope = (mb - ma) / (bb - ba)
       intercept = ma - slope * ba
-      predicted = (int(math.floor((self.limit - intercept) / slope)) if slope > 0
-                   else (hi - 1 if hi else 2 * max(measured)))
+      # Where the fit is flat (memory stopped growing with the batch) or points at or past
+      # the smallest batch known not to fit, it is no guide: halve the interval, or double
+      # the largest batch that fits while nothing is known not to.
+      flat = slope <= 0 or (first_slope > 0 and slope < first_slope / 4)
+      predicted = int(math.floor((self.limit - intercept) / slope)) if slope > 0 else 0
+      by = "fit"
+      if lo is not None and hi is not None and (flat or predicted >= hi):
+        predicted, by = (lo + hi) // 2, "halving"
+      elif flat:
+        predicted, by = 2 * (lo or max(measured)), "doubling"
       # Strictly between the largest batch known to fit and the smallest known not to
       # (so never a batch already compiled).
       if hi is not None:
@@ -425,7 +441,7 @@ class Planner:
       result = points[predicted] = self.compile_step("train", predicted)
       got = result.get("memory_bytes", {}).get("total")
       expected = intercept + slope * predicted
-      tries.append({"per_device_batch": predicted, "fits": result["fits"],
+      tries.append({"per_device_batch": predicted, "by": by, "fits": result["fits"],
                     "predicted_bytes": int(expected), "compiled_bytes": got,
                     "error_percent": (round(100.0 * (expected - got) / got, 2) if got else None)})
       if result["fits"] and predicted + 1 not in points:
@@ -438,6 +454,10 @@ class Planner:
             "compiles": len(points), "compiled_batches": sorted(points),
             "fit": {"intercept_bytes": int(intercept), "bytes_per_video": int(slope)},
             "tries": tries}
+
+
+# How --max_batch chose a batch other than by the affine fit (plan.txt's wording).
+_SEARCH_STEPS = {"halving": "halfway", "doubling": "twice the largest that fit"}
 
 
 def _flops_text(flops: float) -> str:
@@ -582,10 +602,17 @@ def format_table(result: Dict[str, Any]) -> str:
                  f"{_fmt_s(p['seconds'])}")
     if "max_batch" in p:
       mb = p["max_batch"]
-      tries = "; ".join(f"{t['per_device_batch']}: predicted {_gib(t['predicted_bytes']):.3f} "
-                        f"GiB, compiled {_gib(t['compiled_bytes'] or 0):.3f} GiB "
-                        f"({t['error_percent']}% off), {'fits' if t['fits'] else 'does not fit'}"
-                        for t in mb.get("tries", []))
+      tries = "; ".join(
+          f"{t['per_device_batch']}: " + (
+              _SEARCH_STEPS[t["by"]] + ", " if t.get("by") in _SEARCH_STEPS else
+              f"predicted {_gib(t['predicted_bytes']):.3f} GiB, ") + (
+              f"compiled {_gib(t['compiled_bytes']):.3f} GiB"
+              + ("" if t.get("by") in _SEARCH_STEPS else f" ({t['error_percent']}% off)")
+              if t["compiled_bytes"] else "refused by the compiler")
+          + f", {'fits' if t['fits'] else 'does not fit'}"
+          for t in mb.get("tries", []))
+      edge = ("" if mb.get("edge_confirmed") else
+              f"; not confirmed: {mb['per_device_batch'] + 1} was not compiled or not measured")
       lines.append(f"{p['topology']:<10} largest train batch: {mb['per_device_batch']} videos "
-                   f"per device ({mb['compiles']} compiles; {tries})")
+                   f"per device ({mb['compiles']} compiles; {tries}{edge})")
   return "\n".join(lines) + "\n"
