@@ -345,8 +345,8 @@ def _python_m_modules():
 
 # Runs each module as `python -m MODULE --help` does (runpy, as __main__, sys.argv set), all
 # in one process: each module imports JAX or TensorFlow, which takes most of a process's
-# start, so one process instead of one per module. Prints, per module, its exit status and
-# output between markers.
+# start, so one process instead of one per module. Prints, per module, a marker line with
+# its exit status, then its output.
 _HELP_RUNNER = """
 import contextlib, io, runpy, sys, traceback
 for module in sys.argv[1:]:
@@ -361,7 +361,7 @@ for module in sys.argv[1:]:
     except BaseException:
       traceback.print_exc()
       code = 1
-  print(f"=== {module} exit {code}")
+  print(f"\\n@@@ python -m {module} --help: exit {code}")
   print(out.getvalue())
 """
 
@@ -376,9 +376,9 @@ def test_every_python_m_command_in_the_docs_runs():
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   outputs = {}
-  for part in proc.stdout.split("=== ")[1:]:
+  for part in proc.stdout.split("\n@@@ python -m ")[1:]:
     head, _, out = part.partition("\n")
-    module, _, code = head.partition(" exit ")
+    module, _, code = head.partition(" --help: exit ")
     outputs[module] = (int(code), out)
   assert sorted(outputs) == names, (sorted(outputs), proc.stdout[-3000:])
   failed = [f"python -m {m} --help (named in {modules[m]}): exit {code}\n{out[-1500:]}"
