@@ -301,23 +301,28 @@ class _FakePlanner:
     return {"per_device_batch": batch, "fits": m <= self.limit, "memory_bytes": {"total": m}}
 
 
-@pytest.mark.parametrize("name,mem,limit,edge", [
+@pytest.mark.parametrize("name,mem,limit,edge,start", [
     # Affine: the first prediction is the edge (4 compiles).
-    ("affine", lambda b: 1000 + 100 * b, 10000, 90),
+    ("affine", lambda b: 1000 + 100 * b, 10000, 90, 8),
     # What SlowOnly@112 on v5e:2x4 did: affine up to 76, then flat (the compiler recomputes
     # instead of storing), so the fit through 76 and 77 pointed at 426, and the search
     # walked down from there one refused batch at a time. Now: double, then halve.
     ("flat_at_the_limit", lambda b: (None if b > 100 else 20000 if b > 80 else
-                                     1000 + 100 * min(b, 76)), 8650, 80),
-    ("flat_then_refused", lambda b: None if b >= 90 else 1000 + 100 * min(b, 76), 10000, 89),
-    ("refused_above_edge", lambda b: None if b > 60 else 1000 + 100 * b, 10000, 60),
+                                     1000 + 100 * min(b, 76)), 8650, 80, 8),
+    ("flat_then_refused", lambda b: None if b >= 90 else 1000 + 100 * min(b, 76), 10000, 89, 8),
+    ("refused_above_edge", lambda b: None if b > 60 else 1000 + 100 * b, 10000, 60, 8),
+    # The config's batch and half of it both over the limit, memory flat there: halve
+    # towards 0 (no batch known to fit yet) instead of walking down from 31.
+    ("nothing_fits_and_flat", lambda b: 1000 * b if b <= 2 else 10000, 5000, 2, 64),
 ])
-def test_largest_batch_search_finds_the_edge_when_memory_is_not_affine(name, mem, limit, edge):
+def test_largest_batch_search_finds_the_edge_when_memory_is_not_affine(name, mem, limit, edge,
+                                                                       start):
   from reskd_jax.tools import plan
   fake = _FakePlanner(mem, limit=limit)
-  first = fake.compile_step("train", 8)
+  first = fake.compile_step("train", start)
   result = plan.Planner.largest_batch(fake, first)
   assert result["per_device_batch"] == edge, (name, fake.compiled, result)
   assert result["edge_confirmed"], (name, fake.compiled)
   assert result["compiles"] == len(fake.compiled) <= 14, fake.compiled
-  assert all(b < 2 * edge + 2 for b in fake.compiled), fake.compiled  # never far above
+  if start < edge:  # growing from below: never far above the edge
+    assert all(b < 2 * edge + 2 for b in fake.compiled), fake.compiled

@@ -388,8 +388,9 @@ class Planner:
     fit and the smallest known not to. Where the fit is flat (near the limit
     the compiler recomputes rather than stores, so memory can stop growing
     with the batch) or points at or past a batch known not to fit (e.g. one
-    the compiler refused), the next batch is halfway between the two instead,
-    or twice the largest that fits while nothing above is known. Returns the
+    the compiler refused), the next batch is halfway between the two (or
+    between 0 and it, while none fits) instead, or twice the largest that fits
+    while nothing above is known. Returns the
     batch, how many compiles it took and how far each prediction was off.
     """
     b0 = first["per_device_batch"]
@@ -429,8 +430,8 @@ class Planner:
       flat = slope <= 0 or (first_slope > 0 and slope < first_slope / 4)
       predicted = int(math.floor((self.limit - intercept) / slope)) if slope > 0 else 0
       by = "fit"
-      if lo is not None and hi is not None and (flat or predicted >= hi):
-        predicted, by = (lo + hi) // 2, "halving"
+      if hi is not None and (flat or predicted >= hi):
+        predicted, by = ((lo or 0) + hi) // 2, "halving"
       elif flat:
         predicted, by = 2 * (lo or max(measured)), "doubling"
       # Strictly between the largest batch known to fit and the smallest known not to
@@ -458,6 +459,21 @@ class Planner:
 
 # How --max_batch chose a batch other than by the affine fit (plan.txt's wording).
 _SEARCH_STEPS = {"halving": "halfway", "doubling": "twice the largest that fit"}
+
+
+def _try_text(t: Dict[str, Any]) -> str:
+  """One compile of the --max_batch search, as plan.txt gives it."""
+  fitted = t.get("by") not in _SEARCH_STEPS  # chosen by the affine fit
+  how = (f"predicted {_gib(t['predicted_bytes']):.3f} GiB" if fitted
+         else _SEARCH_STEPS[t["by"]])
+  if not t["compiled_bytes"]:
+    got = "refused by the compiler"
+  else:
+    got = f"compiled {_gib(t['compiled_bytes']):.3f} GiB"
+    if fitted:
+      got += f" ({t['error_percent']}% off)"
+  return (f"{t['per_device_batch']}: {how}, {got}, "
+          f"{'fits' if t['fits'] else 'does not fit'}")
 
 
 def _flops_text(flops: float) -> str:
@@ -602,15 +618,7 @@ def format_table(result: Dict[str, Any]) -> str:
                  f"{_fmt_s(p['seconds'])}")
     if "max_batch" in p:
       mb = p["max_batch"]
-      tries = "; ".join(
-          f"{t['per_device_batch']}: " + (
-              _SEARCH_STEPS[t["by"]] + ", " if t.get("by") in _SEARCH_STEPS else
-              f"predicted {_gib(t['predicted_bytes']):.3f} GiB, ") + (
-              f"compiled {_gib(t['compiled_bytes']):.3f} GiB"
-              + ("" if t.get("by") in _SEARCH_STEPS else f" ({t['error_percent']}% off)")
-              if t["compiled_bytes"] else "refused by the compiler")
-          + f", {'fits' if t['fits'] else 'does not fit'}"
-          for t in mb.get("tries", []))
+      tries = "; ".join(_try_text(t) for t in mb.get("tries", []))
       edge = ("" if mb.get("edge_confirmed") else
               f"; not confirmed: {mb['per_device_batch'] + 1} was not compiled or not measured")
       lines.append(f"{p['topology']:<10} largest train batch: {mb['per_device_batch']} videos "
